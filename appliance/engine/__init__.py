@@ -1,0 +1,1 @@
+"""Sans-io TCP session engine: captured client segments and target headers in, packets out."""
