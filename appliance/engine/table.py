@@ -1,0 +1,141 @@
+"""The sessions of one shard, their timers, and the event entry points.
+
+Sans-io and single-threaded: a rewrite worker owns one `SessionTable`, feeds it captured
+client segments and target headers, calls `flush` after each batch and `poll` when
+`next_deadline` passes, and sends every `Emit` it takes from `take_output`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from appliance.engine.params import EngineCounters, EngineParams
+from appliance.engine.session import INF, Emit, Key, Session, State
+from appliance.packet import ACK, RST, SYN, TcpSegment, seq_diff
+
+
+class SessionTable:
+    def __init__(self, params: EngineParams | None = None, counters: EngineCounters | None = None) -> None:
+        self.params = params or EngineParams()
+        self.counters = counters or EngineCounters()
+        self.sessions: dict[Key, Session] = {}
+        self._out: list[Emit] = []
+        self._dirty: dict[Key, Session] = {}
+        self._timers: list[tuple[float, int, Key]] = []
+        self._tie = itertools.count()
+
+    # ---- events -----------------------------------------------------------------------------
+    def client_segment(self, seg: TcpSegment, target_ip: int, target_port: int, now: float,
+                       t_capture: float | None = None) -> None:
+        """A captured client->service segment, already mapped to its target."""
+        c = self.counters
+        c.client_segments += 1
+        key = (seg.src_ip, seg.src_port, target_ip, target_port)
+        sess = self.sessions.get(key)
+        t = now if t_capture is None else t_capture
+        if seg.flags & SYN:
+            if seg.flags & ACK:
+                c.client_no_session += 1
+                return
+            c.client_syns += 1
+            if sess is not None and sess.state is not State.CLOSED:
+                if sess.client_isn == seg.seq:
+                    c.client_dup_syns += 1
+                    return
+                c.port_reuse_resets += 1      # G4: the old session gives way to the new one
+                sess.reset(now)
+            sess = self._new(key, now)
+            sess.start_with_syn(seg, now)
+        elif sess is None or (sess.state is State.CLOSED and seg.payload
+                              and not _same_stream(sess, seg)):
+            if not seg.payload or seg.flags & RST:
+                c.client_no_session += 1
+                return
+            sess = self._new(key, now)
+            sess.start_without_syn(seg, now)
+            sess.client_segment(seg, now, t)
+        else:
+            sess.client_segment(seg, now, t)
+        self._dirty[key] = sess
+
+    def target_segment(self, hdr: TcpSegment, now: float) -> None:
+        """A target->client header relayed by interceptd."""
+        self.counters.responses += 1
+        key = (hdr.dst_ip, hdr.dst_port, hdr.src_ip, hdr.src_port)
+        sess = self.sessions.get(key)
+        if sess is None:
+            self.counters.responses_unmatched += 1
+            return
+        sess.target_segment(hdr, now)
+        self._dirty[key] = sess
+
+    def flush(self, now: float) -> None:
+        """After a batch of events: let every touched session send, and re-arm its timer."""
+        dirty, self._dirty = self._dirty, {}
+        for sess in dirty.values():
+            sess.pump(now)
+            self._arm(sess)
+
+    def poll(self, now: float) -> None:
+        """Fire every timer that is due."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, key = heapq.heappop(timers)
+            sess = self.sessions.get(key)
+            if sess is None or sess.deadline != when:
+                continue                     # stale entry: the session re-armed since
+            sess.deadline = INF
+            if sess.on_timer(now):
+                self._arm(sess)
+            else:
+                del self.sessions[key]
+        self.flush(now)
+
+    def next_deadline(self) -> float:
+        timers = self._timers
+        while timers:
+            when, _, key = timers[0]
+            sess = self.sessions.get(key)
+            if sess is not None and sess.deadline == when:
+                return when
+            heapq.heappop(timers)
+        return INF
+
+    def take_output(self) -> list[Emit]:
+        out = self._out[:]
+        self._out.clear()     # sessions keep a reference to this very list
+        return out
+
+    def shutdown(self, now: float) -> None:
+        """Reset every open session on the target so its sockets are freed (tcpcopyd stops)."""
+        for sess in self.sessions.values():
+            if sess.state in (State.SYN_SENT, State.ESTABLISHED):
+                self.counters.sessions_shutdown += 1
+                sess.reset(now)
+
+    # ---- introspection ----------------------------------------------------------------------
+    def active(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.state is not State.CLOSED)
+
+    def buffered_bytes(self) -> int:
+        return sum(s.buffered for s in self.sessions.values())
+
+    # ---- internals --------------------------------------------------------------------------
+    def _new(self, key: Key, now: float) -> Session:
+        self.counters.sessions_started += 1
+        sess = Session(key, self.params, self.counters, self._out, now)
+        self.sessions[key] = sess
+        return sess
+
+    def _arm(self, sess: Session) -> None:
+        when = sess.next_deadline()
+        if when != sess.deadline:
+            sess.deadline = when
+            if when != INF:
+                heapq.heappush(self._timers, (when, next(self._tie), sess.key))
+
+
+def _same_stream(sess: Session, seg: TcpSegment) -> bool:
+    """A late segment of the closed session (not a new connection on the same port)."""
+    return abs(seq_diff(seg.seq, sess.stream_end)) < 1 << 24
