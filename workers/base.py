@@ -1,0 +1,123 @@
+"""What every child process of tcpcopyd does the same way.
+
+Runs in the child: process title, CPU pinning, signals (SIGTERM sets a flag, SIGINT is the
+parent's business), its own ZeroMQ context made after pinning, the 1 Hz stats/heartbeat frame,
+exit when the parent goes away, and closing sockets before the context.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from appliance import wire
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL = 1.0
+
+
+class Worker:
+    """Base of a child's main loop; subclasses implement `setup`, `step` and `counters`."""
+
+    role = "worker"
+
+    def __init__(self, index: int, run_dir: str, cpus: tuple[int, ...], title: str) -> None:
+        self.index = index
+        self.run_dir = run_dir
+        self.cpus = cpus
+        self.title = title
+        self.stopping = False
+        self.parent_pid = os.getppid()
+        self._sockets: list[zmq.Socket] = []
+        self.ctx: zmq.Context | None = None
+        self._next_stats = 0.0
+        self.started = time.time()
+
+    # -- subclass interface --
+    def setup(self) -> None: ...
+
+    def step(self, now: float) -> None: ...
+
+    def counters(self) -> dict[str, Any]:
+        return {}
+
+    def shutdown(self) -> None: ...
+
+    # -- helpers --
+    def socket(self, kind: int, *, bind: str | None = None, connect: str | None = None,
+               hwm: int | None = None) -> zmq.Socket:
+        assert self.ctx is not None
+        sock = self.ctx.socket(kind)
+        sock.linger = 0
+        if hwm is not None:
+            sock.sndhwm = hwm
+            sock.rcvhwm = hwm
+        if bind:
+            sock.bind(bind)
+        if connect:
+            sock.connect(connect)
+        self._sockets.append(sock)
+        return sock
+
+    def run(self) -> int:
+        """This is the child's whole life: set up, loop until told to stop, clean up."""
+        try:
+            import setproctitle
+            setproctitle.setproctitle(self.title)
+        except ImportError:
+            pass
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_term)
+        self.ctx = zmq.Context()
+        try:
+            self.stats_sock = self.socket(zmq.PUB, connect=wire.stats_endpoint(self.run_dir))
+            self.setup()
+            while not self.stopping:
+                now = time.monotonic()
+                self.step(now)
+                if now >= self._next_stats:
+                    self._next_stats = now + STATS_INTERVAL
+                    self.publish_stats()
+                    if os.getppid() != self.parent_pid:
+                        log.warning("%s: parent went away; exiting", self.title)
+                        break
+            self.shutdown()
+            self.publish_stats()
+        finally:
+            for sock in self._sockets:
+                sock.close(linger=0)
+            self.ctx.term()
+        return 0
+
+    def publish_stats(self) -> None:
+        frame = wire.encode_json(wire.KIND_STATS, {
+            "role": self.role, "index": self.index, "pid": os.getpid(), "time": time.time(),
+            "started": self.started, "cpus": list(self.cpus), "counters": self.counters(),
+        })
+        try:
+            self.stats_sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            pass                      # the supervisor is busy; the next heartbeat will do
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+
+def child_main(factory: Callable[[], Worker]) -> None:
+    """Entry point of a spawned child: logging, run, exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    try:
+        code = factory().run()
+    except Exception:
+        log.exception("child crashed")
+        code = 1
+    raise SystemExit(code)

@@ -1,0 +1,108 @@
+"""Responses relay: subscribes to every interceptd and routes each header to its session's worker.
+
+Runs in its own child on the online host. Stateless: a response's destination (client ip,
+port) picks the shard with the same `shard_of` that capture uses. ZeroMQ reconnects by itself
+when an interceptd restarts; batch numbers per interceptd instance reveal lost batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+
+from appliance import wire
+from appliance.config import ResponsesSpec, spec_from_json
+from appliance.flowkey import shard_of
+from appliance.packet import server_key_of
+from workers.base import Worker, child_main
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100
+DRAIN_LIMIT = 256
+
+
+class ResponsesWorker(Worker):
+    role = "responses"
+
+    def __init__(self, spec: ResponsesSpec) -> None:
+        super().__init__(0, spec.run_dir, spec.cpus, "tcpcopyd: responses")
+        self.spec = spec
+        self.headers = 0
+        self.bad_frames = 0
+        self.malformed = 0
+        self.queue_drops = 0
+        self.batches_lost = 0
+        self.intercept_restarts = 0
+        self._expected: dict[int, int] = {}   # interceptd instance id -> next batch seq
+
+    def setup(self) -> None:
+        self.sub = self.socket(zmq.SUB, hwm=100_000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        for address in self.spec.intercepts:
+            host, port = wire.parse_intercept_address(address)
+            self.sub.connect(wire.intercept_endpoint(host, port))
+        self.pushes = [self.socket(zmq.PUSH, connect=wire.responses_endpoint(self.run_dir, k), hwm=4096)
+                       for k in range(self.spec.shards)]
+        self.builders = [wire.BatchBuilder(wire.KIND_RESPONSES, 0) for _ in range(self.spec.shards)]
+        log.info("responses: subscribed to %s", ", ".join(self.spec.intercepts))
+
+    def step(self, now: float) -> None:
+        if not self.sub.poll(POLL_MS):
+            return
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frame = self.sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._route(frame)
+        self._flush()
+
+    def _route(self, frame: bytes) -> None:
+        try:
+            header, records = wire.decode_batch(frame)
+        except wire.WireError:
+            self.bad_frames += 1
+            return
+        if header.kind != wire.KIND_RESPONSES:
+            self.bad_frames += 1
+            return
+        expected = self._expected.get(header.source)
+        if expected is None:
+            if self._expected:
+                self.intercept_restarts += 1
+        elif header.seq > expected:
+            self.batches_lost += header.seq - expected
+        self._expected[header.source] = header.seq + 1
+        shards = self.spec.shards
+        for ts_ns, packet in records:
+            key = server_key_of(packet)
+            if key is None:
+                self.malformed += 1
+                continue
+            self.headers += 1
+            self.builders[shard_of(key[0], key[1], shards)].add(ts_ns, packet)
+
+    def _flush(self) -> None:
+        for shard, builder in enumerate(self.builders):
+            if builder.count:
+                count = builder.count
+                try:
+                    self.pushes[shard].send(builder.take(), zmq.NOBLOCK)
+                except zmq.Again:
+                    self.queue_drops += count
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "headers": self.headers, "bad_frames": self.bad_frames, "malformed": self.malformed,
+            "queue_drops": self.queue_drops, "batches_lost": self.batches_lost,
+            "intercepts_seen": len(self._expected), "intercept_restarts": self.intercept_restarts,
+        }
+
+
+def main(spec_json: str) -> None:
+    child_main(lambda: ResponsesWorker(spec_from_json(spec_json)))

@@ -1,0 +1,164 @@
+"""Rewrite-and-send process: owns one shard's sessions and talks to the target with a raw socket.
+
+Runs in its own pinned child. Binds its two queues (segments from the captures, response
+headers from the responses relay), drains responses first (they unblock sends), feeds the
+sans-io `SessionTable`, and sends what it emits with IP_HDRINCL so the target sees the real
+client address. Send errors are counted by errno; none stops the worker.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from typing import Any
+
+import zmq
+
+from appliance import wire
+from appliance.config import RewriteSpec, spec_from_json
+from appliance.engine.session import INF, Emit
+from appliance.engine.table import SessionTable
+from appliance.packet import MalformedPacket, build_ipv4_tcp, int_to_ip, parse_ipv4_tcp
+from appliance.transfer import TransferMap, parse_transfers
+from workers.base import Worker, child_main
+
+log = logging.getLogger(__name__)
+
+MAX_POLL_MS = 100
+DRAIN_LIMIT = 64          # batches taken from one queue before looking at the other again
+
+
+class RewriteWorker(Worker):
+    role = "rewrite"
+
+    def __init__(self, spec: RewriteSpec) -> None:
+        super().__init__(spec.index, spec.run_dir, spec.cpus,
+                         f"tcpcopyd: rewrite {spec.index}/{spec.shards}")
+        self.spec = spec
+        self.table = SessionTable(spec.engine)
+        self.transfers = TransferMap(parse_transfers(spec.transfers))
+        self.bad_frames = 0
+        self.malformed = 0
+        self.no_transfer = 0
+        self.send_errors: dict[str, int] = {}
+        self.packets_sent = 0
+        self.segment_batches = 0
+        self.response_batches = 0
+        self.capture_latency_max = 0.0
+        self._ip_text: dict[int, str] = {}
+
+    def setup(self) -> None:
+        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.segments = self.socket(zmq.PULL, bind=wire.segments_endpoint(self.run_dir, self.index), hwm=4096)
+        self.responses = self.socket(zmq.PULL, bind=wire.responses_endpoint(self.run_dir, self.index),
+                                     hwm=4096)
+        self.poller = zmq.Poller()
+        self.poller.register(self.responses, zmq.POLLIN)
+        self.poller.register(self.segments, zmq.POLLIN)
+
+    def step(self, now: float) -> None:
+        deadline = self.table.next_deadline()
+        timeout = MAX_POLL_MS if deadline == INF else max(0, min(MAX_POLL_MS, int((deadline - now) * 1000) + 1))
+        ready = dict(self.poller.poll(timeout))
+        if ready:
+            for _ in range(DRAIN_LIMIT):
+                got = self._drain(self.responses, self._on_responses)
+                got += self._drain(self.segments, self._on_segments)
+                if not got:
+                    break
+        now = time.monotonic()
+        self.table.poll(now)
+        self._send(self.table.take_output())
+
+    def _drain(self, sock: zmq.Socket, handler) -> int:
+        try:
+            frame = sock.recv(zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return 0
+        try:
+            header, records = wire.decode_batch(frame)
+        except wire.WireError:
+            self.bad_frames += 1
+            return 1
+        handler(header, records)
+        self._send(self.table.take_output())
+        return 1
+
+    def _on_segments(self, header: wire.BatchHeader, records: list) -> None:
+        if header.kind != wire.KIND_SEGMENTS:
+            self.bad_frames += 1
+            return
+        self.segment_batches += 1
+        now = time.monotonic()
+        wall_to_mono = now - time.time()
+        table = self.table
+        for ts_ns, packet in records:
+            try:
+                seg = parse_ipv4_tcp(packet)
+            except MalformedPacket:
+                self.malformed += 1
+                continue
+            targets = self.transfers.targets(seg.dst_ip, seg.dst_port)
+            if not targets:
+                self.no_transfer += 1
+                continue
+            t_capture = ts_ns / 1e9 + wall_to_mono
+            lag = now - t_capture
+            if lag > self.capture_latency_max:
+                self.capture_latency_max = lag
+            for target_ip, target_port in targets:
+                table.client_segment(seg, target_ip, target_port, now, min(t_capture, now))
+        table.flush(now)
+
+    def _on_responses(self, header: wire.BatchHeader, records: list) -> None:
+        if header.kind != wire.KIND_RESPONSES:
+            self.bad_frames += 1
+            return
+        self.response_batches += 1
+        now = time.monotonic()
+        table = self.table
+        for _ts, packet in records:
+            try:
+                hdr = parse_ipv4_tcp(packet, keep_payload=False)
+            except MalformedPacket:
+                self.malformed += 1
+                continue
+            table.target_segment(hdr, now)
+        table.flush(now)
+
+    def _send(self, out: list[Emit]) -> None:
+        for e in out:
+            pkt = build_ipv4_tcp(e.src_ip, e.dst_ip, e.src_port, e.dst_port, e.seq, e.ack, e.flags,
+                                 e.window, e.options, e.payload, e.ip_id)
+            dst = self._ip_text.get(e.dst_ip)
+            if dst is None:
+                dst = self._ip_text[e.dst_ip] = int_to_ip(e.dst_ip)
+            try:
+                self.raw.sendto(pkt, (dst, 0))
+                self.packets_sent += 1
+            except OSError as exc:
+                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                self.send_errors[name] = self.send_errors.get(name, 0) + 1
+
+    def counters(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.table.counters.as_dict()
+        out.update({
+            "sessions_active": self.table.active(), "sessions_tracked": len(self.table.sessions),
+            "buffered_bytes": self.table.buffered_bytes(), "packets_sent": self.packets_sent,
+            "send_errors": dict(self.send_errors), "bad_frames": self.bad_frames,
+            "malformed": self.malformed, "no_transfer": self.no_transfer,
+            "segment_batches": self.segment_batches, "response_batches": self.response_batches,
+            "capture_latency_max_ms": round(self.capture_latency_max * 1000, 3),
+        })
+        return out
+
+    def shutdown(self) -> None:
+        self.table.shutdown(time.monotonic())
+        self._send(self.table.take_output())
+
+
+def main(spec_json: str) -> None:
+    child_main(lambda: RewriteWorker(spec_from_json(spec_json)))
