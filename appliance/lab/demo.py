@@ -1,0 +1,101 @@
+"""`tcpcopy-lab demo`: the built-in lab replaying ~20 s of client load, with a verdict.
+
+Runs as root in the caller's process: builds the lab, starts the rig, drives two loads at once
+from the client (a paced keep-alive connection and a mix of short and keep-alive connections
+with POST bodies), prints tcpcopyctl status mid-run, CPU per process, then online vs target.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from appliance.ctl import format_status
+from appliance.lab.netns import ADDR, Lab
+from appliance.lab.rig import SERVICE_PORT, ReplicationRig
+
+
+def _pids(rig: ReplicationRig) -> dict[str, int]:
+    pids = {"interceptd": rig.procs["interceptd"].pid}
+    status = rig.status() or {"children": [], "supervisor": {}}
+    if status.get("supervisor"):
+        pids["tcpcopyd supervisor"] = status["supervisor"]["pid"]
+    for ch in status["children"]:
+        if ch["pid"]:
+            pids[f"tcpcopyd {ch['role']} {ch['index']}"] = ch["pid"]
+    return pids
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def run_demo(prefix: str = "tcl", duration: float = 20.0, offloads: bool = True) -> int:
+    lab = Lab(prefix)
+    work = Path(tempfile.mkdtemp(prefix="tcpcopy-demo-"))
+    print(f"lab {prefix}: client {ADDR['client']}  online {ADDR['online']}  target {ADDR['target']}  "
+          f"assistant {ADDR['assistant']}  (offloads {'on' if offloads else 'off'}; logs in {work})")
+    rig = ReplicationRig(lab, work)
+    try:
+        lab.down()
+        lab.up(offloads=offloads)
+        rig.start()
+        pids = _pids(rig)
+        cpu0, t0 = _cpu(pids), time.monotonic()
+        server = f"{ADDR['online']}:{SERVICE_PORT}"
+        load = [sys.executable, "-m", "appliance.lab.load", "--server", server]
+        paced = lab.popen("client", load + ["paced", "--rate", "1000", "--duration", str(duration)],
+                          stdout=subprocess.PIPE, text=True)
+        mixes = []
+        end = time.monotonic() + duration
+        shown = False
+        while time.monotonic() < end:
+            mixes.append(lab.run("client", load + ["mix", "--short", "100", "--keepalive", "10", "--per-conn", "20"],
+                                 check=False, capture_output=True, text=True, timeout=120))
+            if not shown and time.monotonic() >= end - duration / 2:
+                shown = True
+                status = rig.status()
+                if status:
+                    print("\n--- tcpcopyctl status (mid-run) ---")
+                    print(format_status(status))
+                    print("---")
+            time.sleep(1.0)
+        out, _ = paced.communicate(timeout=60)
+        load_ended = time.time()
+        cpu1, t1 = _cpu(pids), time.monotonic()
+        verdict = rig.verdict({"paced": out.strip()}, load_ended)
+        final = verdict.status
+        c = verdict.comparison
+        print(f"\nload: {duration:.0f} s, paced keep-alive at 1000 req/s + {len(mixes)} rounds of "
+              f"100 short and 10 keep-alive connections (every 5th request a 64 KiB POST)")
+        print(f"requests served online: {c.requests_online}   received by the target: {c.requests_target}")
+        print(f"sessions online: {c.sessions_online}   identical on the target: {c.identical}   "
+              f"mismatched: {len(c.mismatched)}   missing: {len(c.missing)}")
+        print(f"completeness: {c.completeness_pct:.2f} %   target finished {verdict.tail_seconds:.1f} s after the load")
+        if final:
+            f = final["funnel"]
+            wall = duration
+            print(f"captured {f['captured']} packets ({f['captured'] / wall:.0f}/s), sent {f['sent_packets']} "
+                  f"({f['sent_packets'] / wall:.0f}/s), response headers {f['response_headers']}, "
+                  f"kernel drops {f['kernel_drops']}, capture gaps {f['capture_gaps']}")
+        print("CPU during the load (% of one core):")
+        for name in sorted(cpu1):
+            if name in cpu0:
+                print(f"  {name:<28} {100 * (cpu1[name] - cpu0[name]) / (t1 - t0):6.1f} %")
+        return 0 if c.completeness_pct >= 100.0 else 1
+    finally:
+        rig.close()
+        lab.down()
+        print(f"lab {prefix} torn down")

@@ -1,0 +1,171 @@
+"""A whole replication set-up inside a lab: services, interceptd, tcpcopyd, load, verdict.
+
+Used by `tcpcopy-lab demo` and by the end-to-end tests. Runs in the caller's process and
+starts everything else inside the lab's namespaces; `close()` stops every process it started,
+by PID, also after a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.lab.netns import ADDR, Lab
+from appliance.lab.records import Comparison, compare, load_records
+
+SERVICE_PORT = 8080
+READY_TIMEOUT = 15.0
+
+
+def _bin(name: str) -> str:
+    """A console script installed next to this interpreter (the venv's bin/)."""
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+@dataclass
+class Verdict:
+    comparison: Comparison
+    load: dict[str, Any]
+    load_ended: float
+    last_target_close: float
+    status: dict[str, Any]
+
+    @property
+    def tail_seconds(self) -> float:
+        return max(0.0, self.last_target_close - self.load_ended)
+
+
+class ReplicationRig:
+    """Online and target HTTP services, interceptd on the assistant, tcpcopyd on the online host."""
+
+    def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0,
+                 tcpcopyd_args: tuple[str, ...] = ()) -> None:
+        self.lab = lab
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = str(self.dir / "run")
+        self.online_rec = self.dir / "online.rec"
+        self.target_rec = self.dir / "target.rec"
+        self.target_delay_ms = target_delay_ms
+        self.tcpcopyd_args = tcpcopyd_args
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # ---- processes --------------------------------------------------------------------------
+    def _start(self, name: str, host: str, argv: list[str], ready: str | None = None) -> subprocess.Popen:
+        log = open(self.dir / f"{name}.log", "w")
+        proc = self.lab.popen(host, argv, stdout=subprocess.PIPE if ready else log, stderr=log, text=True)
+        log.close()
+        self.procs[name] = proc
+        if ready:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith(ready):
+                raise RuntimeError(f"{name} did not start: {line!r}; see {self.dir / (name + '.log')}")
+        return proc
+
+    def start_services(self) -> None:
+        py = sys.executable
+        for host, rec in (("online", self.online_rec), ("target", self.target_rec)):
+            argv = [py, "-m", "appliance.lab.httpservice", "--bind", ADDR[host], "--port", str(SERVICE_PORT),
+                    "--record", str(rec)]
+            if host == "target" and self.target_delay_ms:
+                argv += ["--delay-ms", str(self.target_delay_ms)]
+            self._start(f"{host}-http", host, argv, ready="LISTENING")
+
+    def start_interceptd(self) -> None:
+        self._start("interceptd", "assistant", [
+            _bin("interceptd"), "-i", "eth0",
+            "-F", f"tcp and src host {ADDR['target']} and src port {SERVICE_PORT}"])
+
+    def start_tcpcopyd(self) -> None:
+        self._start("tcpcopyd", "online", [
+            _bin("tcpcopyd"), "-x", f"{ADDR['online']}:{SERVICE_PORT}-{ADDR['target']}:{SERVICE_PORT}",
+            "-s", ADDR["assistant"], "-i", "eth0", "--run-dir", self.run_dir, *self.tcpcopyd_args])
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status and all(ch["heartbeat_age"] is not None for ch in status["children"]):
+                return
+            if self.procs["tcpcopyd"].poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"tcpcopyd did not come up; see {self.dir / 'tcpcopyd.log'}")
+
+    def start(self) -> None:
+        self.start_services()
+        self.start_interceptd()
+        self.start_tcpcopyd()
+        time.sleep(0.5)      # the responses relay's subscription to interceptd settles
+
+    def status(self) -> dict[str, Any] | None:
+        from appliance.ctl import call
+        if not os.path.exists(os.path.join(self.run_dir, "ctl")):
+            return None
+        reply = call(self.run_dir, "status", timeout=2.0)
+        return reply["data"] if reply and reply.get("status") == "ok" else None
+
+    def stop(self, name: str, timeout: float = 10.0) -> int | None:
+        proc = self.procs.get(name)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc.stdout:
+            proc.stdout.close()
+        return proc.returncode
+
+    def close(self) -> None:
+        for name in ("tcpcopyd", "interceptd", "online-http", "target-http"):
+            self.stop(name)
+        for name in list(self.procs):
+            self.stop(name)
+
+    # ---- load and verdict -------------------------------------------------------------------
+    def load(self, *mode_args: str, timeout: float = 180.0) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:{SERVICE_PORT}",
+                *mode_args]
+        done = self.lab.run("client", argv, check=False, timeout=timeout, capture_output=True, text=True)
+        lines = done.stdout.strip().splitlines()
+        if not lines:
+            raise RuntimeError(f"load printed nothing (exit {done.returncode}): {done.stderr[-2000:]}")
+        return json.loads(lines[-1])
+
+    def settle(self, expected_sessions: int, quiet: float = 2.0, limit: float = 60.0) -> None:
+        """Wait until the target has closed as many sessions as online did, or goes quiet."""
+        deadline = time.monotonic() + limit
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            got = len(load_records(self.target_rec)) if self.target_rec.exists() else 0
+            if got >= expected_sessions:
+                return
+            if got != last:
+                last, last_change = got, time.monotonic()
+            elif time.monotonic() - last_change >= quiet and got:
+                status = self.status()
+                active = sum(ch["counters"].get("sessions_active", 0) for ch in status["children"]) \
+                    if status else 0
+                if not active:
+                    return
+            time.sleep(0.2)
+
+    def verdict(self, load: dict[str, Any], load_ended: float) -> Verdict:
+        online = load_records(self.online_rec)
+        self.settle(len(online))
+        status = self.status() or {}
+        self.stop("online-http")
+        self.stop("target-http")
+        comparison = compare(self.online_rec, self.target_rec)
+        closes = [r["closed"] for r in load_records(self.target_rec).values() if r.get("closed")]
+        return Verdict(comparison, load, load_ended, max(closes, default=load_ended), status)
