@@ -46,7 +46,7 @@ class ReplicationRig:
     """Online and target HTTP services, interceptd on the assistant, tcpcopyd on the online host."""
 
     def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0,
-                 tcpcopyd_args: tuple[str, ...] = ()) -> None:
+                 tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = ()) -> None:
         self.lab = lab
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +55,7 @@ class ReplicationRig:
         self.target_rec = self.dir / "target.rec"
         self.target_delay_ms = target_delay_ms
         self.tcpcopyd_args = tcpcopyd_args
+        self.intercepts = ",".join((ADDR["assistant"], *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
 
     # ---- processes --------------------------------------------------------------------------
@@ -87,7 +88,7 @@ class ReplicationRig:
     def start_tcpcopyd(self) -> None:
         self._start("tcpcopyd", "online", [
             _bin("tcpcopyd"), "-x", f"{ADDR['online']}:{SERVICE_PORT}-{ADDR['target']}:{SERVICE_PORT}",
-            "-s", ADDR["assistant"], "-i", "eth0", "--run-dir", self.run_dir, *self.tcpcopyd_args])
+            "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir, *self.tcpcopyd_args])
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             status = self.status()
@@ -110,6 +111,21 @@ class ReplicationRig:
             return None
         reply = call(self.run_dir, "status", timeout=2.0)
         return reply["data"] if reply and reply.get("status") == "ok" else None
+
+    def fresh_status(self, limit: float = 5.0) -> dict[str, Any]:
+        """Status once every child has sent a heartbeat after this call (counters are current)."""
+        since = time.time()
+        deadline = time.monotonic() + limit
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.status() or {}
+            asked = time.time()
+            children = status.get("children", [])
+            if children and all(ch["heartbeat_age"] is not None and asked - ch["heartbeat_age"] > since
+                                for ch in children):
+                break
+            time.sleep(0.2)
+        return status
 
     def stop(self, name: str, timeout: float = 10.0) -> int | None:
         proc = self.procs.get(name)
@@ -163,7 +179,7 @@ class ReplicationRig:
     def verdict(self, load: dict[str, Any], load_ended: float) -> Verdict:
         online = load_records(self.online_rec)
         self.settle(len(online))
-        status = self.status() or {}
+        status = self.fresh_status()
         self.stop("online-http")
         self.stop("target-http")
         comparison = compare(self.online_rec, self.target_rec)
