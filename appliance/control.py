@@ -102,8 +102,8 @@ def funnel(children: list[dict]) -> dict[str, Any]:
     }
 
 
-def handle_status(sup: Supervisor, request: Request) -> dict:
-    now = time.time()
+def child_rows(sup: Supervisor, now: float) -> list[dict]:
+    """One row per child: life-cycle state from the supervisor, counters from its last heartbeat."""
     children = []
     for c in sup.children:
         stats = c.last_stats
@@ -113,6 +113,25 @@ def handle_status(sup: Supervisor, request: Request) -> dict:
             "heartbeat_age": round(now - c.last_heartbeat, 3) if c.last_heartbeat else None,
             "counters": stats.get("counters", {}),
         })
+    return children
+
+
+def summary_line(children: list[dict]) -> tuple[str, bool]:
+    """The periodic log line, and whether too few sessions got established (below 80 %)."""
+    f = funnel(children)
+    started = f["sessions_started"]
+    weak = started >= 10 and f["sessions_established"] < 0.8 * started
+    line = ("captured %(captured)d kernel_drops %(kernel_drops)d queue_drops %(queue_drops_capture)d "
+            "sent %(sent_packets)d send_errors %(send_errors)d sessions %(sessions_started)d/"
+            "%(sessions_established)d/%(sessions_completed)d (started/established/completed) "
+            "handshake_timeouts %(handshake_timeouts)d capture_gaps %(capture_gaps)d "
+            "responses %(response_headers)d lost_batches %(response_batches_lost)d") % f
+    return line, weak
+
+
+def handle_status(sup: Supervisor, request: Request) -> dict:
+    now = time.time()
+    children = child_rows(sup, now)
     totals = {role: _sum(children, role) for role in ("capture", "responses", "rewrite")}
     return ok_reply(request.id, {
         "supervisor": {"pid": os.getpid(), "uptime": round(now - sup.started, 3),

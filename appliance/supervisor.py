@@ -24,7 +24,7 @@ from appliance import wire
 from appliance.config import (
     CaptureSpec, OnlineConfig, ResponsesSpec, RewriteSpec, cpu_plan, spec_to_json,
 )
-from appliance.control import COMMANDS, Request, error_reply
+from appliance.control import COMMANDS, Request, child_rows, error_reply, summary_line
 from appliance.errors import EXIT_BOOT_ERROR, EXIT_OK, HaltAppliance
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ STARTSECS = 1.0          # a child that dies sooner failed to boot
 STARTRETRIES = 3         # failed boots in a row before the appliance halts
 BACKOFF_MAX = 2.0
 GRACEFUL_TIMEOUT = 5.0
+SUMMARY_INTERVAL = 30.0
 STOP_ORDER = ("capture", "responses", "rewrite")
 
 
@@ -127,6 +128,8 @@ class Supervisor:
             self.exit_code = halt.code
         finally:
             self._stop_all()
+            self._read_stats()          # the children's last frames, sent as they stopped
+            self._log_summary()
             signal.set_wakeup_fd(-1)
             self.ctl.close(linger=0)
             self.stats.close(linger=0)
@@ -143,7 +146,11 @@ class Supervisor:
         poller.register(self.ctl, zmq.POLLIN)
         poller.register(self.stats, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        next_summary = time.monotonic() + SUMMARY_INTERVAL
         while not self.stopping:
+            if time.monotonic() >= next_summary:
+                next_summary = time.monotonic() + SUMMARY_INTERVAL
+                self._log_summary()
             sentinels = {c.process.sentinel: c for c in self.children
                          if c.process is not None and c.state in (ChildState.STARTING, ChildState.RUNNING)}
             for fd in sentinels:
@@ -160,6 +167,12 @@ class Supervisor:
             if self.ctl in events:
                 self._serve_control()
             self._reap_and_manage(time.monotonic())
+
+    def _log_summary(self) -> None:
+        line, weak = summary_line(child_rows(self, time.time()))
+        log.info("summary: %s", line)
+        if weak:
+            log.warning("many sessions can't be established with the target: see handshake_timeouts")
 
     def _spawn(self, child: Child) -> None:
         child.process = self._mp.Process(target=_child_entry, args=(child.entry, child.spec_json),

@@ -48,6 +48,8 @@ class RewriteWorker(Worker):
         self.response_batches = 0
         self.capture_latency_max = 0.0
         self._ip_text: dict[int, str] = {}
+        self._handshakes_warned = 0
+        self._next_handshake_warning = 0.0
 
     def setup(self) -> None:
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
@@ -144,6 +146,7 @@ class RewriteWorker(Worker):
                 self.send_errors[name] = self.send_errors.get(name, 0) + 1
 
     def counters(self) -> dict[str, Any]:
+        self._warn_about_handshakes()
         out: dict[str, Any] = self.table.counters.as_dict()
         out.update({
             "sessions_active": self.table.active(), "sessions_tracked": len(self.table.sessions),
@@ -154,6 +157,21 @@ class RewriteWorker(Worker):
             "capture_latency_max_ms": round(self.capture_latency_max * 1000, 3),
         })
         return out
+
+    def _warn_about_handshakes(self) -> None:
+        """G8: a SYN the target never answers (as far as we can see) gets a hint, not silence."""
+        c = self.table.counters
+        failed = c.handshake_timeouts + c.handshake_refused
+        now = time.monotonic()
+        if failed > self._handshakes_warned and now >= self._next_handshake_warning:
+            log.warning(
+                "%d handshake(s) timed out and %d were refused by the target so far: a SYN-ACK that never "
+                "arrives means the target's answers do not reach interceptd (check on the target: "
+                "'ip route get CLIENT_IP' must go via the assistant; on the assistant: ip_forward=0 and "
+                "interceptd's -F must match 'src host TARGET and src port PORT'); a refusal means nothing "
+                "listens on the target port", c.handshake_timeouts, c.handshake_refused)
+            self._handshakes_warned = failed
+            self._next_handshake_warning = now + 10.0
 
     def shutdown(self) -> None:
         self.table.shutdown(time.monotonic())

@@ -54,7 +54,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"lab {lab.prefix}: {status['state']}")
         for host, info in status["hosts"].items():
             addresses = ", ".join(info["addresses"]) or "-"
-            print(f"  {host:<10} {info['namespace']:<18} {'present' if info['present'] else 'absent':<8} {addresses}")
+            presence = "present" if info["present"] else "absent"
+            print(f"  {host:<10} {info['namespace']:<18} {presence:<8} {addresses}")
         for check in status.get("checks", []):
             print(f"  [{'ok' if check['ok'] else 'FAIL':>4}] {check['name']}: {check['detail']}")
     return {"up": EXIT_OK, "down": EXIT_NOT_RUNNING}.get(status["state"], EXIT_UNKNOWN)

@@ -9,7 +9,8 @@ Protocol contract:
 - ``--delay-ms`` holds every response that long (responses keep their order).
 
 Recording contract (one JSON object per line, appended and flushed to FILE):
-``{"peer": "ip:port", "bytes": n, "sha256": hex, "requests": n, "opened": epoch, "closed": epoch, "open": false}``
+``{"peer": "ip:port", "bytes": n, "sha256": hex, "requests": n, "opened": epoch, "closed": epoch,
+"open": false}``
 where bytes and sha256 cover every byte received on the connection, and requests counts complete requests.
 A line is written when a connection closes; SIGUSR1 writes a snapshot line for each open connection, and
 SIGTERM/SIGINT write one for each connection still open before exiting. Those lines carry
@@ -311,7 +312,8 @@ async def serve(bind: str, port: int, record_path: str | None, delay_ms: float) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m appliance.lab.httpservice", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m appliance.lab.httpservice",
+                                     description="HTTP/1.1 server recording a digest per connection")
     parser.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks one)")
     parser.add_argument("--record", metavar="FILE", help="append one JSON line per connection to FILE")

@@ -2,8 +2,8 @@
 
 Modes:
 - ``mix``: ``--short`` one-request connections (``Connection: close``) and ``--keepalive`` connections
-  carrying ``--per-conn`` sequential requests each, every ``--post-every``-th of them a POST of ``--post-size``
-  pseudo-random bytes (seeded per connection, so runs repeat and bodies differ per request);
+  carrying ``--per-conn`` sequential requests each, every ``--post-every``-th of them a POST of
+  ``--post-size`` pseudo-random bytes (seeded per connection, so runs repeat and bodies differ per request);
   at most ``--concurrency`` connections at a time.
 - ``paced``: ONE keep-alive connection, requests sent on a fixed schedule (``--rate`` per second for
   ``--duration`` seconds), pipelined: sending never waits for responses, which are read as they come.
@@ -187,9 +187,14 @@ async def read_stdin_line() -> str:
     """One line from stdin without a thread; a regular file or /dev/null is read directly."""
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno()
-    ready = loop.create_future()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
     try:
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(fd, readable)
     except PermissionError:
         return sys.stdin.readline()
     try:
@@ -251,13 +256,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     timed_out = False
     try:
         await asyncio.wait_for(MODES[args.mode](args, client, tally), args.max_seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         timed_out = True
     return tally.summary(time.monotonic() - started, timed_out)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m appliance.lab.load", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m appliance.lab.load",
+                                     description="HTTP/1.1 load generator for the lab")
     parser.add_argument("--server", required=True, type=parse_server, metavar="IP:PORT")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="hard cap on the whole run (120)")
     parser.add_argument("--timeout", type=float, default=10.0, help="connect and per-response timeout (10)")
@@ -267,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--short", type=int, default=200)
     mix.add_argument("--keepalive", type=int, default=20)
     mix.add_argument("--per-conn", type=int, default=50)
-    mix.add_argument("--post-every", type=int, default=5, help="every Nth keep-alive request is a POST (0: none)")
+    mix.add_argument("--post-every", type=int, default=5,
+                     help="every Nth keep-alive request is a POST (0: none)")
     mix.add_argument("--post-size", type=int, default=65536)
     mix.add_argument("--concurrency", type=int, default=10)
     paced = modes.add_parser("paced", help="one keep-alive connection at a fixed request rate")

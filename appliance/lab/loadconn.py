@@ -123,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport.write(request * count if count > 1 else request)
 
     async def wait_responses(self, count: int, timeout: float) -> bool:
-        """True once `count` responses arrived in total; False on timeout or when the connection closed first."""
+        """True once `count` responses arrived in all; False on timeout or if the connection closed first."""
         if self.responses >= count:
             return True
         if self.is_closed():
@@ -222,14 +222,14 @@ class Client:
                 return sock
             except TimeoutError as exc:
                 sock.close()
-                raise ConnectionFailed(f"connect {self.host_header} from port {local_port}: timed out") from exc
+                raise ConnectionFailed(f"connect {self.host_header} from :{local_port}: timed out") from exc
             except OSError as exc:
                 sock.close()
                 if exc.errno not in RETRYABLE_PORT_ERRNOS:
-                    raise ConnectionFailed(f"connect {self.host_header} from port {local_port}: {exc!r}") from exc
+                    raise ConnectionFailed(f"connect {self.host_header} from :{local_port}: {exc!r}") from exc
             self.bind_retries += 1
             tries_in_cycle += 1
             if tries_in_cycle >= len(ports):
                 tries_in_cycle = 0
                 await asyncio.sleep(PORT_CYCLE_PAUSE_SECONDS)
-        raise ConnectionFailed(f"connect {self.host_header}: no usable port in {ports.start}-{ports.stop - 1}")
+        raise ConnectionFailed(f"connect {self.host_header}: no free port in {ports.start}-{ports.stop - 1}")

@@ -9,7 +9,8 @@ Layout (all in 198.18.0.0/24, the benchmarking range; nothing is configured in t
 
 Contract of a lab that is up:
 - every host has a static, permanent neighbour entry for every other host (no ARP at all);
-- the target routes 198.18.0.1/32 via the assistant, whose ip_forward is 0, so answers to the client die there;
+- the target routes 198.18.0.1/32 via the assistant, whose ip_forward is 0, so answers to the client
+  die there;
 - rp_filter is 0 on every host, IPv6 is off, and no namespace has a default route.
 
 Everything here shells out to `ip`, `sysctl` and `ethtool` and needs root (CAP_NET_ADMIN).
@@ -151,9 +152,11 @@ class Lab:
         for ns in self.all_namespaces:
             _run(["ip", "netns", "add", ns])
             # IPv6 off before any interface exists, so no link-local or DAD traffic ever appears.
-            self._sysctl(ns, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
+            self._sysctl(ns, {"net.ipv6.conf.all.disable_ipv6": "1",
+                              "net.ipv6.conf.default.disable_ipv6": "1"})
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", br, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+        _run(["ip", "-n", br, "link", "add", BRIDGE, "type", "bridge",
+              "stp_state", "0", "forward_delay", "0"])
         _run(["ip", "-n", br, "link", "set", BRIDGE, "up"])
         for host in HOSTS:
             ns = self.namespace(host)
@@ -216,7 +219,9 @@ class Lab:
         """Start argv inside a host namespace; the caller owns the process and must reap it."""
         return subprocess.Popen(self.command(host, argv), **kw)
 
-    def run(self, host: str, argv: Sequence[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[Any]:
+    def run(
+        self, host: str, argv: Sequence[str], check: bool = True, **kw: Any
+    ) -> subprocess.CompletedProcess[Any]:
         """Run argv inside a host namespace to completion.
 
         Output is captured as text unless the caller passes other stdout/stderr/text arguments;
@@ -237,7 +242,7 @@ class Lab:
             addresses: list[str] = []
             if ns in present:
                 out = _run(["ip", "-n", ns, "-o", "-4", "addr", "show"], check=False).stdout
-                addresses = [f"{line.split()[1]} {line.split()[3]}" for line in out.splitlines() if line.strip()]
+                addresses = [" ".join(line.split()[1:4:2]) for line in out.splitlines() if line.strip()]
             hosts[host] = {
                 "namespace": ns, "present": ns in present, "expected_address": ADDR[host],
                 "mac": MAC[host], "addresses": addresses,
@@ -254,7 +259,7 @@ class Lab:
         return result
 
     def check(self) -> list[Check]:
-        """Verify the lab's contract; returns (name, ok, detail) per check, never raises for a failed check."""
+        """Verify the lab's contract: (name, ok, detail) per check; a failed check never raises."""
         missing = [ns for ns in self.all_namespaces if ns not in set(self.present())]
         if missing:
             return [("namespaces present", False, f"missing: {', '.join(missing)}")]
@@ -264,7 +269,8 @@ class Lab:
         checks.append(("assistant ip_forward=0", forward == "0", f"net.ipv4.ip_forward={forward}"))
         route = _run(["ip", "-n", self.namespace("target"), "route", "get", ADDR["client"]], check=False)
         via = f"via {ADDR['assistant']}"
-        checks.append(("target routes client via assistant", via in route.stdout, " ".join(route.stdout.split())))
+        route_text = " ".join(route.stdout.split())
+        checks.append(("target routes client via assistant", via in route.stdout, route_text))
         offenders = []
         for ns in self.all_namespaces:
             for family in ("-4", "-6"):
@@ -289,16 +295,19 @@ class Lab:
             if (src, dst) == ("client", "target"):
                 results.append((
                     "client->target ping fails (answer goes via assistant)", not answered,
-                    "answered: the target's reply reached the client" if answered else "no answer, as designed",
+                    "answered: the target's reply reached the client" if answered
+                    else "no answer, as designed",
                 ))
             else:
-                results.append((f"ping {src}->{dst}", answered, ADDR[dst] + (" answered" if answered else " silent")))
+                outcome = "answered" if answered else "silent"
+                results.append((f"ping {src}->{dst}", answered, f"{ADDR[dst]} {outcome}"))
         return results
 
 
     def _sysctl(self, ns: str, values: dict[str, str]) -> None:
         # -e: a kernel without IPv6 has no net.ipv6 keys; that is fine for the lab.
-        _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-e", "-w", *(f"{k}={v}" for k, v in values.items())])
+        settings = [f"{key}={value}" for key, value in values.items()]
+        _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-e", "-w", *settings])
 
     def _offloads_off(self, ns: str, iface: str) -> None:
         features = [word for feature in OFFLOAD_FEATURES for word in (feature, "off")]
@@ -306,7 +315,7 @@ class Lab:
 
 
 def _stop_pids(pids: set[int], grace_seconds: float) -> None:
-    """SIGTERM each pid, wait up to grace_seconds for all to be gone (zombies count as gone), SIGKILL the rest."""
+    """SIGTERM each pid, wait up to grace_seconds for all to go (zombies count as gone), SIGKILL the rest."""
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds

@@ -1,12 +1,15 @@
 """Read httpservice recordings and compare what the online server and the target server received.
 
-A session is identified by its client "ip:port" (the peer). TCPCopy keeps the client address when it
-replays to the target, so the same peer names the same session on both servers.
+A session is named by its client "ip:port" (the peer). TCPCopy keeps the client address when it
+replays to the target, so the same peer names the same session on both servers. When client ports are
+reused, one peer names several sessions; compare() then matches them by content, not by position.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +17,7 @@ from typing import Any
 Record = dict[str, Any]
 
 
-def load_records(path: str | Path, include_open: bool = False) -> dict[str, Record]:
-    """Records of one recording file by peer; the last line of a peer wins.
-
-    Lines marked "open": true (SIGUSR1 snapshots and connections still open at shutdown) are skipped
-    unless include_open. Blank lines and lines that are not JSON objects (a torn final line) are skipped.
-    Raises FileNotFoundError when the file does not exist.
-    """
-    records: dict[str, Record] = {}
+def _read(path: str | Path, include_open: bool) -> Iterator[Record]:
     with open(path, encoding="utf-8") as lines:
         for line in lines:
             try:
@@ -32,18 +28,46 @@ def load_records(path: str | Path, include_open: bool = False) -> dict[str, Reco
                 continue
             if record.get("open") and not include_open:
                 continue
-            records[record["peer"]] = record
-    return records
+            yield record
+
+
+def load_records(path: str | Path, include_open: bool = False) -> dict[str, Record]:
+    """Records of one recording file by peer; the last line of a peer wins.
+
+    Lines marked "open": true (SIGUSR1 snapshots and connections still open at shutdown) are skipped
+    unless include_open. Blank lines and lines that are not JSON objects (a torn final line) are skipped.
+    Raises FileNotFoundError when the file does not exist.
+    """
+    return {record["peer"]: record for record in _read(path, include_open)}
+
+
+def load_sessions(path: str | Path, include_open: bool = False) -> dict[str, list[Record]]:
+    """Every connection of a recording, grouped by peer and ordered by when it opened.
+
+    A connection is (peer, opened); its last line wins, so a closing line replaces earlier snapshots.
+    Same skipping rules as load_records().
+    """
+    connections: dict[tuple[str, Any], Record] = {}
+    for record in _read(path, include_open):
+        connections[(record["peer"], record.get("opened"))] = record
+    sessions: dict[str, list[Record]] = defaultdict(list)
+    for record in connections.values():
+        sessions[record["peer"]].append(record)
+    for group in sessions.values():
+        group.sort(key=lambda r: r.get("opened") or 0.0)
+    return dict(sessions)
 
 
 @dataclass
 class Comparison:
     """How completely the target received what the online server received, session by session.
 
-    identical counts sessions with the same byte count and sha256 on both sides; mismatched lists peers
-    seen on both sides with different bytes; missing lists peers the target never recorded; extra lists
-    peers only the target recorded. completeness_pct is identical / sessions_online * 100, and 0.0 when the
-    online server recorded nothing (nothing to compare is not success).
+    A session is one connection. identical counts online sessions for which the target recorded a session
+    of the same peer with the same byte count and sha256; mismatched lists online sessions whose peer has a
+    target session left over that differs; missing lists online sessions with no target session left;
+    extra lists target sessions left over beyond those. Sessions are named "ip:port", or "ip:port#n" (n-th
+    to open) when a peer had several. completeness_pct is identical / sessions_online * 100, and 0.0 when
+    the online server recorded nothing (nothing to compare is not success).
     """
 
     sessions_online: int
@@ -87,34 +111,54 @@ class Comparison:
         }
 
 
-def compare_records(online: dict[str, Record], target: dict[str, Record]) -> Comparison:
-    """Compare two peer -> record maps (as returned by load_records)."""
+def _name(peer: str, index: int, count: int) -> str:
+    return peer if count == 1 else f"{peer}#{index}"
+
+
+def compare_sessions(online: dict[str, list[Record]], target: dict[str, list[Record]]) -> Comparison:
+    """Compare two peer -> sessions maps (as returned by load_sessions)."""
     identical = 0
     mismatched: list[str] = []
     missing: list[str] = []
-    for peer, record in online.items():
-        other = target.get(peer)
-        if other is None:
-            missing.append(peer)
-        elif other.get("sha256") == record.get("sha256") and other.get("bytes") == record.get("bytes"):
-            identical += 1
-        else:
-            mismatched.append(peer)
+    extra: list[str] = []
+    for peer, sessions in online.items():
+        theirs = target.get(peer, [])
+        unmatched_target = Counter((r.get("sha256"), r.get("bytes")) for r in theirs)
+        unmatched_online: list[str] = []
+        for index, record in enumerate(sessions, start=1):
+            key = (record.get("sha256"), record.get("bytes"))
+            if unmatched_target[key] > 0:
+                unmatched_target[key] -= 1
+                identical += 1
+            else:
+                unmatched_online.append(_name(peer, index, len(sessions)))
+        leftover = sum(unmatched_target.values())
+        mismatched.extend(unmatched_online[:leftover])
+        missing.extend(unmatched_online[leftover:])
+        extra.extend(f"{peer}#extra{i}" for i in range(1, leftover - len(unmatched_online) + 1))
+    for peer, sessions in target.items():
+        if peer not in online:
+            extra.extend(_name(peer, i, len(sessions)) for i in range(1, len(sessions) + 1))
     return Comparison(
-        sessions_online=len(online),
-        sessions_target=len(target),
+        sessions_online=sum(len(group) for group in online.values()),
+        sessions_target=sum(len(group) for group in target.values()),
         identical=identical,
         mismatched=sorted(mismatched),
         missing=sorted(missing),
-        extra=sorted(peer for peer in target if peer not in online),
-        requests_online=sum(int(r.get("requests", 0)) for r in online.values()),
-        requests_target=sum(int(r.get("requests", 0)) for r in target.values()),
+        extra=sorted(extra),
+        requests_online=sum(int(r.get("requests", 0)) for group in online.values() for r in group),
+        requests_target=sum(int(r.get("requests", 0)) for group in target.values() for r in group),
     )
 
 
+def compare_records(online: dict[str, Record], target: dict[str, Record]) -> Comparison:
+    """Compare two peer -> record maps (as returned by load_records): one session per peer."""
+    return compare_sessions({p: [r] for p, r in online.items()}, {p: [r] for p, r in target.items()})
+
+
 def compare(online_path: str | Path, target_path: str | Path, include_open: bool = False) -> Comparison:
-    """Compare the recording files of the online and the target httpservice."""
-    return compare_records(
-        load_records(online_path, include_open=include_open),
-        load_records(target_path, include_open=include_open),
+    """Compare the recording files of the online and the target httpservice, every connection counted."""
+    return compare_sessions(
+        load_sessions(online_path, include_open=include_open),
+        load_sessions(target_path, include_open=include_open),
     )

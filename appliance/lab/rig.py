@@ -46,7 +46,8 @@ class ReplicationRig:
     """Online and target HTTP services, interceptd on the assistant, tcpcopyd on the online host."""
 
     def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0,
-                 tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = ()) -> None:
+                 tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = (),
+                 intercept_filter: str | None = None) -> None:
         self.lab = lab
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,7 @@ class ReplicationRig:
         self.target_rec = self.dir / "target.rec"
         self.target_delay_ms = target_delay_ms
         self.tcpcopyd_args = tcpcopyd_args
+        self.intercept_filter = intercept_filter or f"tcp and src host {ADDR['target']} and src port {SERVICE_PORT}"
         self.intercepts = ",".join((ADDR["assistant"], *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -81,9 +83,7 @@ class ReplicationRig:
             self._start(f"{host}-http", host, argv, ready="LISTENING")
 
     def start_interceptd(self) -> None:
-        self._start("interceptd", "assistant", [
-            _bin("interceptd"), "-i", "eth0",
-            "-F", f"tcp and src host {ADDR['target']} and src port {SERVICE_PORT}"])
+        self._start("interceptd", "assistant", [_bin("interceptd"), "-i", "eth0", "-F", self.intercept_filter])
 
     def start_tcpcopyd(self) -> None:
         self._start("tcpcopyd", "online", [
@@ -149,9 +149,9 @@ class ReplicationRig:
             self.stop(name)
 
     # ---- load and verdict -------------------------------------------------------------------
-    def load(self, *mode_args: str, timeout: float = 180.0) -> dict[str, Any]:
-        argv = [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:{SERVICE_PORT}",
-                *mode_args]
+    def load(self, *args: str, timeout: float = 180.0) -> dict[str, Any]:
+        """Run appliance.lab.load from the client against the online service; its JSON summary."""
+        argv = [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:{SERVICE_PORT}", *args]
         done = self.lab.run("client", argv, check=False, timeout=timeout, capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         if not lines:

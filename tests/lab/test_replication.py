@@ -193,3 +193,33 @@ def test_malformed_frames_and_garbage_are_counted_not_fatal(rig_factory, lab):
     assert rewrite0["counters"]["malformed"] >= 8
     assert v.status["totals"]["responses"]["bad_frames"] > 0
     assert all(ch["restarts"] == 0 and ch["state"] == "running" for ch in v.status["children"])
+
+
+def test_handshake_that_never_completes_is_counted_with_a_hint(rig_factory):
+    rig = rig_factory(intercept_filter="tcp and src port 9999")     # G8: answers never come back
+    rig.start()
+    load = rig.load("mix", "--short", "5", "--keepalive", "0")
+    assert load["errors"] == 0
+    time.sleep(4.0)                                                  # past the 3 s handshake deadline
+    status = rig.fresh_status()
+    rewrite = status["totals"]["rewrite"]
+    assert rewrite["handshake_timeouts"] == 5
+    assert rewrite["sessions_established"] == 0
+    assert rewrite["resets_sent"] >= 5                               # the target's half-open sockets are freed
+    time.sleep(1.0)
+    assert "handshake(s) timed out" in (rig.dir / "tcpcopyd.log").read_text()
+
+
+def test_tcpcopyd_reconnects_when_interceptd_restarts(rig_factory):
+    rig = rig_factory()
+    rig.start()
+    first = rig.load("mix", "--short", "50", "--keepalive", "5", "--per-conn", "10")
+    rig.stop("interceptd")
+    time.sleep(1.0)
+    rig.start_interceptd()
+    time.sleep(1.5)
+    second = rig.load("--seed", "2", "mix", "--short", "50", "--keepalive", "5", "--per-conn", "10")
+    assert first["errors"] == second["errors"] == 0
+    v = rig.verdict(second, time.time())
+    assert v.comparison.identical == v.comparison.sessions_online == 110, v.comparison.summary()
+    assert v.status["totals"]["responses"]["intercept_restarts"] >= 1
