@@ -261,31 +261,68 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return tally.summary(time.monotonic() - started, timed_out)
 
 
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text}")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def add_run_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Run-wide options; accepted before the mode (with defaults) and after it (overriding)."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--server", type=parse_server, metavar="IP:PORT", default=default(None),
+                        help="the HTTP server to load (required)")
+    parser.add_argument("--max-seconds", type=positive, default=default(120.0),
+                        help="hard cap on the whole run (120)")
+    parser.add_argument("--timeout", type=positive, default=default(10.0),
+                        help="connect and per-response timeout (10)")
+    parser.add_argument("--seed", type=int, default=default(1), help="seed of the POST bodies (1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m appliance.lab.load",
                                      description="HTTP/1.1 load generator for the lab")
-    parser.add_argument("--server", required=True, type=parse_server, metavar="IP:PORT")
-    parser.add_argument("--max-seconds", type=float, default=120.0, help="hard cap on the whole run (120)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="connect and per-response timeout (10)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the POST bodies (1)")
+    add_run_options(parser, defaults=True)
+    run_options = argparse.ArgumentParser(add_help=False)
+    add_run_options(run_options, defaults=False)
     modes = parser.add_subparsers(dest="mode", required=True)
-    mix = modes.add_parser("mix", help="short and keep-alive connections, some POSTs")
-    mix.add_argument("--short", type=int, default=200)
-    mix.add_argument("--keepalive", type=int, default=20)
-    mix.add_argument("--per-conn", type=int, default=50)
-    mix.add_argument("--post-every", type=int, default=5,
-                     help="every Nth keep-alive request is a POST (0: none)")
-    mix.add_argument("--post-size", type=int, default=65536)
-    mix.add_argument("--concurrency", type=int, default=10)
-    paced = modes.add_parser("paced", help="one keep-alive connection at a fixed request rate")
-    paced.add_argument("--rate", type=float, default=5000.0, help="requests per second")
-    paced.add_argument("--duration", type=float, default=20.0, help="seconds of sending")
-    hold = modes.add_parser("hold", help="open connections, wait for a line on stdin, finish them")
-    hold.add_argument("--conns", type=int, default=20)
-    hold.add_argument("--per-conn", type=int, default=10)
-    burst = modes.add_parser("burst", help="short connections as fast as possible")
-    burst.add_argument("--conns", type=int, default=1000)
-    burst.add_argument("--concurrency", type=int, default=10)
+    mix = modes.add_parser("mix", parents=[run_options], help="short and keep-alive connections, some POSTs")
+    mix.add_argument("--short", type=count, default=200, help="one-request connections (200)")
+    mix.add_argument("--keepalive", type=count, default=20, help="keep-alive connections (20)")
+    mix.add_argument("--per-conn", type=at_least_one, default=50,
+                     help="requests per keep-alive connection (50)")
+    mix.add_argument("--post-every", type=count, default=5,
+                     help="every Nth keep-alive request is a POST (5; 0: none)")
+    mix.add_argument("--post-size", type=count, default=65536, help="POST body bytes (65536)")
+    mix.add_argument("--concurrency", type=at_least_one, default=10, help="connections at a time (10)")
+    paced = modes.add_parser("paced", parents=[run_options],
+                             help="one keep-alive connection at a fixed request rate")
+    paced.add_argument("--rate", type=positive, default=5000.0, help="requests per second (5000)")
+    paced.add_argument("--duration", type=positive, default=20.0, help="seconds of sending (20)")
+    hold = modes.add_parser("hold", parents=[run_options],
+                            help="open connections, wait for a line on stdin, finish them")
+    hold.add_argument("--conns", type=count, default=20, help="connections (20)")
+    hold.add_argument("--per-conn", type=at_least_one, default=10, help="requests per connection (10)")
+    burst = modes.add_parser("burst", parents=[run_options], help="short connections as fast as possible")
+    burst.add_argument("--conns", type=count, default=1000, help="connections (1000)")
+    burst.add_argument("--concurrency", type=at_least_one, default=10, help="connections at a time (10)")
     burst.add_argument("--port-range", type=parse_port_range, metavar="LO-HI",
                        help="cycle client ports through this range (fast port reuse)")
     return parser
@@ -294,10 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.mode == "paced" and (args.rate <= 0 or args.duration <= 0):
-        parser.error("--rate and --duration must be > 0")
-    if args.max_seconds <= 0:
-        parser.error("--max-seconds must be > 0")
+    if args.server is None:
+        parser.error("--server IP:PORT is required")
     # Backstop for a wedged loop: SIGALRM's default action ends the process.
     signal.alarm(int(args.max_seconds + args.timeout) + ALARM_MARGIN_SECONDS)
     summary = asyncio.run(run(args))
