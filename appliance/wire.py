@@ -125,7 +125,7 @@ def decode_json(frame: bytes, kind: int) -> dict:
         raise WireError(f"JSON frame version/kind {frame[0]}/{frame[1]}, expected {VERSION}/{kind}")
     try:
         obj = json.loads(frame[2:])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise WireError(f"bad JSON frame: {exc}") from None
     if not isinstance(obj, dict):
         raise WireError("JSON frame is not an object")

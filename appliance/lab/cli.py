@@ -72,8 +72,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("not yet")
-    return EXIT_OK
+    from appliance.lab.demo import run_demo
+    return run_demo(args.prefix, duration=args.duration, offloads=args.offloads == "on")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -83,7 +83,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "demo": cmd_demo,
 }
-NEEDS_ROOT = {"up", "down", "status", "check"}
+NEEDS_ROOT = {"up", "down", "status", "check", "demo"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--no-checks", action="store_true", help="skip the ping checks (faster)")
     check = sub.add_parser("check", parents=[common], help="verify the lab's contract")
     check.add_argument("--json", action="store_true")
-    sub.add_parser("demo", parents=[common], help="run the end-to-end demonstration")
+    demo = sub.add_parser("demo", parents=[common], help="run the end-to-end demonstration")
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds of client load (default 20)")
+    demo.add_argument("--offloads", choices=("on", "off"), default="on")
     return parser
 
 
