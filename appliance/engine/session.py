@@ -379,10 +379,10 @@ class Session:
         turn_bytes = self.resp_bytes - self.resp_at_release
         if turn_bytes >= chunk.need:
             released = True
-        elif turn_bytes > 0 and now - self.last_resp_data >= self.p.response_quiet:
+        elif turn_bytes > 0 and now >= self.last_resp_data + self.p.response_quiet:
             self.c.turns_quiet += 1
             released = True
-        elif now - chunk.t >= self.p.max_lag:
+        elif now >= chunk.t + self.p.max_lag:
             self.c.turns_lagged += 1
             released = True
         else:
@@ -496,12 +496,15 @@ class Session:
             return now < self.closed_at + self.p.linger
         idle_limit = self.p.session_timeout if (self.unsent or self.inflight or self.ooo) \
             else self.p.keepalive_timeout
-        if now - max(self.last_client, self.last_target) >= idle_limit:
+        # Every due-check is written as `now >= start + limit`, the very sum next_deadline()
+        # returns: `now - start >= limit` can round below limit at that instant, and poll()
+        # would then re-arm an already-due timer forever.
+        if now >= max(self.last_client, self.last_target) + idle_limit:
             self.c.sessions_timed_out += 1
             self.reset(now)
             return True
         if self.state is State.SYN_SENT:
-            if now - self.syn_sent_at >= self.p.handshake_timeout:
+            if now >= self.syn_sent_at + self.p.handshake_timeout:
                 self.c.handshake_timeouts += 1
                 self.reset(now)
             elif now >= self.syn_rto_at:
@@ -510,7 +513,7 @@ class Session:
             return True
         if self.state is State.RESYNC:
             return True
-        if self.ooo and now - self.gap_since >= self.p.gap_timeout:
+        if self.ooo and now >= self.gap_since + self.p.gap_timeout:
             self.c.capture_gaps += 1
             first = min(self.ooo.values(), key=lambda ch: seq_diff(ch.seq, self.stream_end))
             self.c.gap_bytes_skipped += seq_diff(first.seq, self.stream_end)
