@@ -194,7 +194,8 @@ class Session:
         rel = seq_diff(chunk.seq, self.stream_end)
         if rel < 0:
             overlap = -rel
-            if overlap >= len(chunk.data) and not (chunk.flags and seq_le(self.stream_end, chunk.end)):
+            # whole chunk already in the stream, unless it carries a FIN beyond what we have
+            if overlap >= len(chunk.data) and not (chunk.flags and seq_lt(self.stream_end, chunk.end)):
                 self.c.client_retransmits += 1
                 return
             chunk.data = chunk.data[overlap:]
