@@ -201,28 +201,46 @@ class Session:
             chunk.data = chunk.data[overlap:]
             chunk.seq = self.stream_end
         elif rel > 0:
-            if chunk.seq not in self.ooo:
+            old = self.ooo.get(chunk.seq)
+            if old is None or seq_lt(old.end, chunk.end):    # keep the longer of two at one seq
+                self.buffered += len(chunk.data) - (len(old.data) if old else 0)
                 self.ooo[chunk.seq] = chunk
-                self.buffered += len(chunk.data)
                 if self.gap_since == INF:
                     self.gap_since = now
             self._check_buffer(now)
             return
         self._append(chunk)
         while self.ooo:
-            nxt = self.ooo.pop(self.stream_end, None)
+            nxt = self._pop_ooo()
             if nxt is None:
-                self._drop_stale_ooo()
                 break
-            self.buffered -= len(nxt.data)
             self._append(nxt)
         if not self.ooo:
             self.gap_since = INF
         self._check_buffer(now)
 
-    def _drop_stale_ooo(self) -> None:
-        for seq in [s for s, ch in self.ooo.items() if seq_le(ch.end, self.stream_end)]:
-            self.buffered -= len(self.ooo.pop(seq).data)
+    def _pop_ooo(self) -> Chunk | None:
+        """The buffered chunk that continues the stream, or None; drops chunks now behind it.
+
+        Chunks buffered ahead of a hole may overlap each other (a retransmission segmented
+        differently): one that starts before stream_end but reaches past it is trimmed and used.
+        """
+        nxt = self.ooo.pop(self.stream_end, None)
+        if nxt is not None:
+            self.buffered -= len(nxt.data)
+            return nxt
+        for seq in [s for s in self.ooo if seq_lt(s, self.stream_end)]:
+            ch = self.ooo[seq]
+            if seq_le(ch.end, self.stream_end):      # wholly behind the stream: stale
+                del self.ooo[seq]
+                self.buffered -= len(ch.data)
+            elif nxt is None:                        # straddles the stream's end: trim and use
+                del self.ooo[seq]
+                self.buffered -= len(ch.data)
+                ch.data = ch.data[seq_diff(self.stream_end, ch.seq):]
+                ch.seq = self.stream_end
+                nxt = ch
+        return nxt
 
     def _append(self, chunk: Chunk) -> None:
         if self.online_base is None:
