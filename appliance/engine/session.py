@@ -103,6 +103,7 @@ class Session:
         self.syn_window = 65535
         self.syn_sent_at = now
         self.syn_rto_at = INF
+        self.syn_interval = self.p.syn_rto
         self.target_isn = 0
         self.rcv_nxt = 0
         self.resp_bytes = 0
@@ -149,7 +150,8 @@ class Session:
     def _send_syn(self, now: float) -> None:
         self.state = State.SYN_SENT
         self.syn_sent_at = now
-        self.syn_rto_at = now + self.p.syn_rto
+        self.syn_interval = self.p.syn_rto
+        self.syn_rto_at = now + self.syn_interval
         self._emit(self.client_isn, 0, SYN, self.syn_options, window=self.syn_window)
 
     def _on_syn_ack(self, hdr: TcpSegment, now: float) -> None:
@@ -527,7 +529,8 @@ class Session:
                 self.c.handshake_timeouts += 1
                 self.reset(now)
             elif now >= self.syn_rto_at:
-                self.syn_rto_at = now + 2 * (self.syn_rto_at - self.syn_sent_at)
+                self.syn_interval *= 2
+                self.syn_rto_at = now + self.syn_interval
                 self._emit(self.client_isn, 0, SYN, self.syn_options, window=self.syn_window)
             return True
         if self.state is State.RESYNC:
