@@ -171,7 +171,7 @@ class Session:
         self.syn_rto_at = INF
         self.c.sessions_established += 1
         self.resp_at_release = 0
-        self._emit(self.snd_nxt, self.rcv_nxt, ACK)   # third handshake segment, forged
+        self._emit(self.snd_nxt, self.rcv_nxt, ACK, self._ts_options(None))   # third segment, forged
         self.c.acks_sent += 1
 
     # ---- captured client segments -----------------------------------------------------------
