@@ -65,3 +65,33 @@ class Playbook:
         self.cap(client(C_ISN, 0, 0x02))
         self.resp(target(T_ISN, C_ISN + 1, 0x12, options=b"\x02\x04\x05\xb4"))
         self.cap(client(C_ISN + 1, O_ISN + 1, ACK))
+
+    # ---- additions for the engine playbooks -------------------------------------------------
+    @property
+    def session(self):
+        """The one session of a single-connection playbook."""
+        (sess,) = self.table.sessions.values()
+        return sess
+
+    def advance_to(self, t: float) -> list[Emit]:
+        """Set the clock to absolute time t (exactly, no float sum) and fire what is due."""
+        self.now = t
+        self.table.poll(self.now)
+        return self.table.take_output()
+
+    def to_deadline(self) -> list[Emit]:
+        """Advance the clock to exactly the table's next deadline and fire it."""
+        return self.advance_to(self.table.next_deadline())
+
+    def run_until(self, t: float) -> list[tuple[float, Emit]]:
+        """Fire every deadline up to absolute time t, one at a time; (time, emit) pairs."""
+        got: list[tuple[float, Emit]] = []
+        while self.table.next_deadline() <= t:
+            got += [(self.now, e) for e in self.to_deadline()]
+        got += [(t, e) for e in self.advance_to(t)]
+        return got
+
+
+def brief(out: list[Emit]) -> list[tuple[int, int, int, int]]:
+    """(flags, seq, ack, payload length) of each emitted segment."""
+    return [(e.flags, e.seq, e.ack, len(e.payload)) for e in out]

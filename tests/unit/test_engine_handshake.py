@@ -1,0 +1,223 @@
+"""Session engine playbooks: opening the target connection (captured SYN, forged SYN, G4, G8)."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.engine.session import State
+from appliance.packet import ACK, FIN, PSH, RST, SYN, mss_option, parse_options
+from tests.unit.enginekit import (
+    C_ISN, CLIENT, CPORT, O_ISN, SPORT, T_ISN, TARGET, Playbook, brief, client, target, ts,
+)
+
+# MSS 1460, SACK-perm, TS 777/0, NOP, WS 7: what a Linux client puts in its SYN
+CLIENT_SYN_OPTS = (b"\x02\x04\x05\xb4\x04\x02" + b"\x08\x0a\x00\x00\x03\x09\x00\x00\x00\x00"
+                   + b"\x01\x03\x03\x07")
+MSS1460 = b"\x02\x04\x05\xb4"
+
+
+def test_captured_syn_is_sent_with_the_clients_isn_options_and_window():
+    pb = Playbook()
+    (syn,) = pb.cap(client(C_ISN, 0, SYN, options=CLIENT_SYN_OPTS))
+    assert (syn.src_ip, syn.dst_ip, syn.src_port, syn.dst_port) == (CLIENT, TARGET, CPORT, SPORT)
+    assert (syn.flags, syn.seq, syn.ack) == (SYN, C_ISN, 0)
+    assert syn.options == CLIENT_SYN_OPTS
+    assert syn.window == 502                                 # the client's own window
+    assert syn.payload == b""
+    assert (pb.c.client_syns, pb.c.sessions_started, pb.c.sessions_fake_syn) == (1, 1, 0)
+    assert pb.session.state is State.SYN_SENT
+
+
+def test_syn_ack_completes_handshake_with_forged_third_ack():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    out = pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, C_ISN + 1, T_ISN + 1, 0)]
+    assert out[0].window == 65535                            # our_window
+    assert pb.session.state is State.ESTABLISHED
+    assert (pb.c.sessions_established, pb.c.acks_sent) == (1, 1)
+    # the client's own third segment is not forwarded: we already forged ours
+    assert pb.cap(client(C_ISN + 1, O_ISN + 1, ACK)) == []
+    assert pb.c.client_pure_acks == 1
+
+
+def test_syn_ack_with_wrong_ack_is_ignored():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    assert pb.resp(target(T_ISN, C_ISN + 7, SYN | ACK)) == []
+    assert pb.resp(target(T_ISN, C_ISN + 1, ACK)) == []      # not a SYN-ACK
+    assert pb.session.state is State.SYN_SENT
+    assert brief(pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK))) == [(ACK, C_ISN + 1, T_ISN + 1, 0)]
+
+
+def test_data_captured_during_handshake_waits_for_syn_ack():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    assert pb.cap(client(C_ISN + 1, O_ISN + 1, ACK)) == []
+    assert pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET / HTTP/1.1\r\n\r\n")) == []
+    out = pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, C_ISN + 1, T_ISN + 1, 0), (ACK | PSH, C_ISN + 1, T_ISN + 1, 18)]
+    assert out[1].payload == b"GET / HTTP/1.1\r\n\r\n"
+    assert [e.ip_id for e in out] == [2, 3]                  # per-session IP ids count up from the SYN's 1
+
+
+def test_syn_is_retransmitted_after_syn_rto():
+    pb = Playbook()
+    first = pb.cap(client(C_ISN, 0, SYN, options=CLIENT_SYN_OPTS))
+    assert pb.table.next_deadline() == pytest.approx(100.5)
+    assert pb.advance(0.49) == []
+    again = pb.advance(0.01)
+    assert brief(again) == brief(first)
+    assert again[0].options == CLIENT_SYN_OPTS and again[0].window == 502
+
+
+def test_syn_retransmissions_back_off_by_doubling():
+    pb = Playbook(handshake_timeout=20.0, syn_rto=0.5)
+    pb.cap(client(C_ISN, 0, SYN))
+    sent = [round(t - 100.0, 6) for t, e in pb.run_until(119.9) if e.flags == SYN]
+    # intervals 0.5, 1, 2, 4, 8 after the first SYN
+    assert sent == [0.5, 1.5, 3.5, 7.5, 15.5]
+
+
+def test_handshake_timeout_resets_and_counts():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    got = pb.run_until(103.5)
+    syns = [t for t, e in got if e.flags == SYN]
+    rsts = [(t, e) for t, e in got if e.flags & RST]
+    assert syns == [pytest.approx(100.5), pytest.approx(101.5)]
+    ((t, rst),) = rsts
+    assert t == pytest.approx(103.0)
+    assert (rst.flags, rst.seq, rst.ack) == (RST, C_ISN + 1, 0)
+    assert (pb.c.handshake_timeouts, pb.c.resets_sent, pb.c.sessions_established) == (1, 1, 0)
+    assert pb.session.state is State.CLOSED
+    # a SYN-ACK that finally arrives is late, and the session is then forgotten
+    assert pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK)) == []
+    assert pb.c.responses_late == 1
+    pb.advance(5)
+    assert not pb.table.sessions
+
+
+def test_syn_answered_by_rst_is_refused():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    assert pb.resp(target(0, C_ISN + 1, RST | ACK)) == []
+    assert (pb.c.handshake_refused, pb.c.resets_sent, pb.c.handshake_timeouts) == (1, 0, 0)
+    assert pb.session.state is State.CLOSED
+    # the rest of that client connection is absorbed, not restarted
+    assert pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"data")) == []
+    assert pb.c.client_late == 1 and pb.c.sessions_started == 1
+    assert pb.run_until(200) == []
+
+
+def test_fake_syn_for_connection_without_captured_syn():
+    pb = Playbook(fake_syn_mss=1400)
+    data_seq = 77_000
+    (syn,) = pb.cap(client(data_seq, O_ISN + 1, ACK | PSH, b"GET /mid HTTP/1.1\r\n\r\n"))
+    assert (syn.flags, syn.seq, syn.ack, syn.window) == (SYN, data_seq - 1, 0, 65535)
+    assert syn.options == mss_option(1400)
+    assert parse_options(syn.options).mss == 1400
+    assert (pb.c.sessions_fake_syn, pb.c.sessions_started, pb.c.client_syns) == (1, 1, 0)
+    out = pb.resp(target(T_ISN, data_seq, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, data_seq, T_ISN + 1, 0), (ACK | PSH, data_seq, T_ISN + 1, 21)]
+    assert out[1].payload == b"GET /mid HTTP/1.1\r\n\r\n"
+    # the next request of the same turn (same ack) follows at once
+    out = pb.cap(client(data_seq + 21, O_ISN + 1, ACK | PSH, b"more"))
+    assert brief(out) == [(ACK | PSH, data_seq + 21, T_ISN + 1, 4)]
+
+
+def test_fake_syn_wraps_below_zero():
+    pb = Playbook()
+    (syn,) = pb.cap(client(0, O_ISN + 1, ACK | PSH, b"x"))
+    assert syn.seq == 0xFFFFFFFF
+    out = pb.resp(target(T_ISN, 0, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, 0, T_ISN + 1, 0), (ACK | PSH, 0, T_ISN + 1, 1)]
+
+
+def test_segments_that_cannot_start_a_session_are_counted():
+    pb = Playbook()
+    for seg in (client(5, 6, ACK), client(5, 6, ACK | FIN), client(5, 6, RST), client(5, 6, RST | ACK, b"x"),
+                client(5, 6, SYN | ACK)):
+        assert pb.cap(seg) == []
+    assert pb.c.client_no_session == 5
+    assert not pb.table.sessions and pb.c.sessions_started == 0
+
+
+def test_pure_client_acks_are_dropped_once_established():
+    pb = Playbook()
+    pb.establish()
+    before = pb.c.client_pure_acks
+    assert pb.cap(client(C_ISN + 1, O_ISN + 1, ACK)) == []         # window update
+    assert pb.cap(client(C_ISN, O_ISN + 1, ACK)) == []             # keepalive probe (seq - 1)
+    assert pb.cap(client(C_ISN + 1, O_ISN + 900, ACK)) == []       # acking a response
+    assert pb.c.client_pure_acks == before + 3
+    assert pb.c.segments_sent == 2                                 # SYN and the forged ACK only
+
+
+def test_duplicate_syn_is_ignored():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    assert pb.cap(client(C_ISN, 0, SYN)) == []
+    pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK))
+    assert pb.cap(client(C_ISN, 0, SYN)) == []
+    assert (pb.c.client_dup_syns, pb.c.port_reuse_resets, pb.c.sessions_started) == (2, 0, 1)
+    assert pb.session.state is State.ESTABLISHED
+
+
+def test_new_syn_on_open_port_resets_old_session_g4():
+    pb = Playbook()
+    pb.establish()
+    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"hello"))
+    new_isn = 4_000_000
+    out = pb.cap(client(new_isn, 0, SYN, options=MSS1460))
+    assert brief(out) == [(RST | ACK, C_ISN + 6, T_ISN + 1, 0), (SYN, new_isn, 0, 0)]
+    assert (pb.c.port_reuse_resets, pb.c.sessions_started, pb.c.resets_sent) == (1, 2, 1)
+    sess = pb.session
+    assert sess.state is State.SYN_SENT and sess.client_isn == new_isn
+    out = pb.resp(target(T_ISN + 5000, new_isn + 1, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, new_isn + 1, T_ISN + 5001, 0)]
+    assert pb.c.sessions_established == 2
+
+
+def test_new_syn_during_handshake_resets_with_plain_rst():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    out = pb.cap(client(C_ISN + 50_000, 0, SYN))
+    assert brief(out) == [(RST, C_ISN + 1, 0, 0), (SYN, C_ISN + 50_000, 0, 0)]
+    assert pb.c.port_reuse_resets == 1
+
+
+def test_new_syn_after_close_starts_without_reset():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    pb.resp(target(0, C_ISN + 1, RST | ACK))            # refused, lingering
+    out = pb.cap(client(C_ISN + 9999, 0, SYN))
+    assert brief(out) == [(SYN, C_ISN + 9999, 0, 0)]
+    assert pb.c.port_reuse_resets == 0 and pb.c.sessions_started == 2
+
+
+def test_repeated_syn_ack_is_answered_again():
+    pb = Playbook()
+    pb.establish()
+    out = pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, C_ISN + 1, T_ISN + 1, 0)]
+    assert pb.c.sessions_established == 1
+
+
+def test_responses_for_unknown_sessions_are_unmatched():
+    pb = Playbook()
+    assert pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK)) == []
+    pb.establish()
+    assert pb.resp(target(T_ISN + 1, C_ISN + 1, ACK, 10, port=CPORT + 1)) == []
+    assert pb.c.responses_unmatched == 2
+    assert pb.c.responses == 3                                     # the SYN-ACK of establish() matched
+
+
+def test_third_ack_and_data_carry_timestamps_once_negotiated():
+    """RFC 7323 3.2: once both SYNs carried TSopt, every non-RST segment MUST carry it."""
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN, options=CLIENT_SYN_OPTS))
+    out = pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, options=MSS1460 + b"\x01\x01" + ts(5555, 777)[2:]))
+    (third,) = out
+    o = parse_options(third.options)
+    assert (o.ts_val, o.ts_ecr) == (777, 5555)
