@@ -15,6 +15,9 @@ from appliance.engine.session import INF, Emit, Key, Session, State
 from appliance.packet import ACK, RST, SYN, TcpSegment, seq_diff
 
 
+MIN_TIMER_STEP = 0.0005    # seconds
+
+
 class SessionTable:
     def __init__(self, params: EngineParams | None = None, counters: EngineCounters | None = None) -> None:
         self.params = params or EngineParams()
@@ -87,7 +90,7 @@ class SessionTable:
                 continue                     # stale entry: the session re-armed since
             sess.deadline = INF
             if sess.on_timer(now):
-                self._arm(sess)
+                self._arm(sess, not_before=now + MIN_TIMER_STEP)
             else:
                 del self.sessions[key]
         self.flush(now)
@@ -128,8 +131,10 @@ class SessionTable:
         self.sessions[key] = sess
         return sess
 
-    def _arm(self, sess: Session) -> None:
-        when = sess.next_deadline()
+    def _arm(self, sess: Session, not_before: float = -INF) -> None:
+        # A timer that fired must move forward in time, or a session whose deadline did not
+        # advance would keep poll() spinning on it.
+        when = max(sess.next_deadline(), not_before)
         if when != sess.deadline:
             sess.deadline = when
             if when != INF:
@@ -138,4 +143,4 @@ class SessionTable:
 
 def _same_stream(sess: Session, seg: TcpSegment) -> bool:
     """A late segment of the closed session (not a new connection on the same port)."""
-    return abs(seq_diff(seg.seq, sess.stream_end)) < 1 << 24
+    return abs(seq_diff(seg.seq, sess.stream.end)) < 1 << 24

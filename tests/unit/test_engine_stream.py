@@ -25,7 +25,7 @@ def test_out_of_order_segments_are_reassembled():
     out = pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))
     assert [(e.seq, e.payload[:1], len(e.payload)) for e in out] == [
         (S1, b"A", 100), (S1 + 100, b"B", 100), (S1 + 200, b"C", 100)]
-    assert pb.session.ooo == {} and pb.session.gap_since == INF
+    assert pb.session.stream.ooo == {} and pb.session.stream.gap_since == INF
     pb.advance(1.0)                                          # past gap_timeout: nothing happens
     assert pb.c.capture_gaps == 0
 
@@ -66,7 +66,7 @@ def test_overlapping_out_of_order_segments_do_not_stall_the_stream():
     out = pb.cap(client(S1, O_ISN + 1, ACK | PSH, data[:50]))
     assert b"".join(e.payload for e in out) == data
     assert [e.seq for e in out][0] == S1
-    assert pb.session.ooo == {} and pb.session.stream_end == S1 + 200
+    assert pb.session.stream.ooo == {} and pb.session.stream.end == S1 + 200
     pb.resp(target(T_ISN + 1, S1 + 200, ACK))
     assert pb.advance(1.0) == []
     assert pb.c.capture_gaps == 0 and pb.c.resets_sent == 0
@@ -81,7 +81,7 @@ def test_longer_out_of_order_segment_at_same_seq_replaces_shorter():
     assert pb.session.buffered == 100
     out = pb.cap(client(S1, O_ISN + 1, ACK | PSH, data[:100]))
     assert b"".join(e.payload for e in out) == data
-    assert pb.session.ooo == {} and pb.session.gap_since == INF
+    assert pb.session.stream.ooo == {} and pb.session.stream.gap_since == INF
 
 
 def test_gap_filled_in_time_is_not_a_capture_gap():
@@ -175,7 +175,7 @@ def test_buffer_overflow_resyncs():
     pb = est(buffer_limit=1000)
     pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 600))           # in flight, unacked
     out = pb.cap(client(S1 + 600, O_ISN + 101, ACK | PSH, b"B" * 600))   # held turn: 1200 buffered
-    assert brief(out) == [(RST | ACK, S1 + 600, T_ISN + 1, 0)]
+    assert brief(out) == [(RST | ACK, S1 + 600, T_ISN + 1, 0), (RST | ACK, S1, T_ISN + 1, 0)]
     assert (pb.c.buffer_overflows, pb.c.resync_bytes_dropped) == (1, 600)
     assert pb.session.state is State.RESYNC and pb.session.buffered == 0
     assert pb.table.buffered_bytes() == 0
@@ -265,7 +265,7 @@ def test_reassembly_of_shuffled_overlapping_captures():
         sent = [(e.seq, e.payload) for e in out if e.payload]
         assert b"".join(p for _, p in sent) == data, trial
         assert [s for s, _ in sent] == [S1 + sum(len(p) for _, p in sent[:i]) for i in range(len(sent))]
-        assert pb.session.ooo == {} and pb.session.stream_end == S1 + size
+        assert pb.session.stream.ooo == {} and pb.session.stream.end == S1 + size
         assert pb.session.buffered == size                # all of it in flight, none left over
         pb.resp(target(T_ISN + 1, S1 + size, ACK))
         pb.advance(1.0)

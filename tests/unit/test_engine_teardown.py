@@ -57,7 +57,7 @@ def test_retransmitted_client_fin_is_not_sent_twice():
     (fin,) = pb.cap(client(S2, O_ISN + 101, ACK | FIN))
     assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []         # the client's FIN retransmission
     assert pb.c.client_retransmits == 1
-    assert pb.session.stream_end == S2 + 1
+    assert pb.session.stream.end == S2 + 1
     out = pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN))
     assert brief(out) == [(ACK, S2 + 1, T_ISN + 102, 0)]
     assert pb.c.sessions_completed == 1
@@ -72,7 +72,7 @@ def test_retransmitted_data_with_fin_is_dropped_but_new_fin_on_old_data_is_kept(
     assert brief(out) == [(ACK | FIN, S1 + 10, T_ISN + 1, 0)]
     # and that segment again: nothing new at all
     assert pb.cap(client(S1, O_ISN + 1, ACK | PSH | FIN, b"x" * 10)) == []
-    assert pb.c.client_retransmits == 1
+    assert pb.c.client_retransmits == 2     # both carried bytes the stream already had
     out = pb.resp(target(T_ISN + 1, S1 + 11, ACK | FIN))
     assert brief(out) == [(ACK, S1 + 11, T_ISN + 2, 0)]
     assert pb.c.sessions_completed == 1
@@ -173,8 +173,8 @@ def test_pending_data_without_progress_times_out_at_session_timeout():
     pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))
     got = pb.run_until(pb.now + 6)
     assert [round(t - 100.0, 6) for t, e in got if e.payload] == [0.1, 0.3, 0.7, 1.5, 3.1]
-    ((t, rst),) = [(t, e) for t, e in got if e.flags & RST]
-    assert round(t - 100.0, 6) == 5.0 and rst.seq == S1 + 10
+    rsts = [(round(t - 100.0, 6), e.seq) for t, e in got if e.flags & RST]
+    assert rsts == [(5.0, S1 + 10), (5.0, S1)]      # both ends of the unacknowledged range
     assert pb.c.sessions_timed_out == 1
 
 
@@ -217,8 +217,43 @@ def test_shutdown_resets_open_sessions_only():
     pb.table.shutdown(pb.now)
     out = pb.table.take_output()
     assert [(e.src_port, e.flags, e.seq) for e in out] == [(CPORT, RST | ACK, S1 + 10),
+                                                           (CPORT, RST | ACK, S1),
                                                            (CPORT + 1, RST, 5001)]
     assert pb.c.sessions_shutdown == 2
     assert pb.table.active() == 0
     pb.table.shutdown(pb.now)                                      # idempotent
     assert pb.table.take_output() == [] and pb.c.sessions_shutdown == 2
+
+
+# ---- the target closes first, the client goes on ----------------------------------------------
+def test_request_after_target_closed_is_replayed_on_a_new_connection():
+    pb = answered()                                   # request 1 answered with 100 bytes
+    assert brief(pb.resp(target(T_ISN + 101, S2, ACK | FIN))) == [(ACK, S2, T_ISN + 102, 0)]
+    out = pb.cap(client(S2, O_ISN + 101, ACK | PSH, b"GET /2"))   # the online server kept the connection
+    assert brief(out) == [(ACK | PSH, S2, T_ISN + 102, 6)]
+    out = pb.resp(target(T_ISN + 102, 0, RST))        # the target's socket is gone: it resets
+    assert brief(out) == [(SYN, S2 - 1, 0, 0)]
+    assert pb.c.restarts == 1 and pb.c.sessions_reset_by_target == 1
+    new_isn = 77_000
+    out = pb.resp(target(new_isn, S2, SYN | ACK, options=b"\x02\x04\x05\xb4"))
+    assert brief(out) == [(ACK, S2, new_isn + 1, 0), (ACK | PSH, S2, new_isn + 1, 6)]
+
+
+def test_client_close_while_resynchronising_closes_the_session():
+    pb = Playbook(buffer_limit=1000)
+    pb.establish()
+    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 600))
+    pb.cap(client(S1 + 600, O_ISN + 101, ACK | PSH, b"B" * 600))  # overflow: resync
+    assert pb.session.state is State.RESYNC
+    pb.cap(client(S1 + 1200, O_ISN + 101, ACK | FIN))
+    assert pb.session.state is State.CLOSED
+    assert pb.c.sessions_timed_out == 0
+
+
+def test_reordered_old_ack_does_not_shrink_the_window():
+    pb = Playbook()
+    pb.establish()
+    pb.resp(target(T_ISN + 1, S1, ACK, window=4000, payload_len=10))
+    pb.resp(target(T_ISN + 11, S1, ACK, window=4000))
+    pb.resp(target(T_ISN + 1, S1, ACK, window=0))                 # older, overtaken: ignored
+    assert pb.session.snd_wnd == 4000
