@@ -222,24 +222,23 @@ def parse_ipv4_tcp(data: bytes | memoryview, keep_payload: bool = True) -> TcpSe
     )
 
 
-def client_key_of(data: bytes | memoryview) -> tuple[int, int] | None:
-    """(src_ip, src_port) of an IPv4/TCP packet without a full parse; None if not one."""
+def _endpoint(data: bytes | memoryview, addr_at: int, port_at: int) -> tuple[int, int] | None:
     if len(data) < MIN_IP_HEADER + MIN_TCP_HEADER or data[0] >> 4 != 4 or data[9] != socket.IPPROTO_TCP:
         return None
     ihl = (data[0] & 0x0F) * 4
     if ihl < MIN_IP_HEADER or len(data) < ihl + 4:
         return None
-    return int.from_bytes(data[12:16], "big"), (data[ihl] << 8) | data[ihl + 1]
+    return int.from_bytes(data[addr_at:addr_at + 4], "big"), (data[ihl + port_at] << 8) | data[ihl + port_at + 1]
+
+
+def client_key_of(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(src_ip, src_port) of an IPv4/TCP packet without a full parse; None if not one."""
+    return _endpoint(data, 12, 0)
 
 
 def server_key_of(data: bytes | memoryview) -> tuple[int, int] | None:
     """(dst_ip, dst_port) of an IPv4/TCP packet: the client half of a response."""
-    if len(data) < MIN_IP_HEADER + MIN_TCP_HEADER or data[0] >> 4 != 4 or data[9] != socket.IPPROTO_TCP:
-        return None
-    ihl = (data[0] & 0x0F) * 4
-    if ihl < MIN_IP_HEADER or len(data) < ihl + 4:
-        return None
-    return int.from_bytes(data[16:20], "big"), (data[ihl + 2] << 8) | data[ihl + 3]
+    return _endpoint(data, 16, 2)
 
 
 def link_header_len(datalink: int, frame: bytes | memoryview) -> int:

@@ -140,6 +140,9 @@ def test_short_connections_with_fast_port_reuse(rig_factory):
     assert sum(online.values()) == 4000
     assert target == online, f"{sum((online - target).values())} online sessions not on the target"
     assert _rewrite_totals(v)["handshake_timeouts"] == 0
+    f = _funnel(v)                  # G5: a burst of new sessions never overflows the response channel
+    assert f["response_batches_lost"] == 0 and f["queue_drops_capture"] == 0
+    assert v.status["totals"]["responses"]["queue_drops"] == 0
 
 
 GARBAGE = [b"", b"\x00", b"hello world", b"\x01\x02\x00\x05" + b"\xff" * 40,
