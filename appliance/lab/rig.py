@@ -45,7 +45,7 @@ class Verdict:
 class ReplicationRig:
     """Online and target HTTP services, interceptd on the assistant, tcpcopyd on the online host."""
 
-    def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0,
+    def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0, port: int = SERVICE_PORT,
                  tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = (),
                  intercept_filter: str | None = None) -> None:
         self.lab = lab
@@ -55,8 +55,9 @@ class ReplicationRig:
         self.online_rec = self.dir / "online.rec"
         self.target_rec = self.dir / "target.rec"
         self.target_delay_ms = target_delay_ms
+        self.port = port
         self.tcpcopyd_args = tcpcopyd_args
-        self.intercept_filter = intercept_filter or f"tcp and src host {ADDR['target']} and src port {SERVICE_PORT}"
+        self.intercept_filter = intercept_filter or f"tcp and src host {ADDR['target']} and src port {port}"
         self.intercepts = ",".join((ADDR["assistant"], *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -76,7 +77,7 @@ class ReplicationRig:
     def start_services(self) -> None:
         py = sys.executable
         for host, rec in (("online", self.online_rec), ("target", self.target_rec)):
-            argv = [py, "-m", "appliance.lab.httpservice", "--bind", ADDR[host], "--port", str(SERVICE_PORT),
+            argv = [py, "-m", "appliance.lab.httpservice", "--bind", ADDR[host], "--port", str(self.port),
                     "--record", str(rec)]
             if host == "target" and self.target_delay_ms:
                 argv += ["--delay-ms", str(self.target_delay_ms)]
@@ -87,7 +88,7 @@ class ReplicationRig:
 
     def start_tcpcopyd(self) -> None:
         self._start("tcpcopyd", "online", [
-            _bin("tcpcopyd"), "-x", f"{ADDR['online']}:{SERVICE_PORT}-{ADDR['target']}:{SERVICE_PORT}",
+            _bin("tcpcopyd"), "-x", f"{ADDR['online']}:{self.port}-{ADDR['target']}:{self.port}",
             "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir, *self.tcpcopyd_args])
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -99,8 +100,10 @@ class ReplicationRig:
             time.sleep(0.2)
         raise RuntimeError(f"tcpcopyd did not come up; see {self.dir / 'tcpcopyd.log'}")
 
-    def start(self) -> None:
-        self.start_services()
+    def start(self, services: bool = True) -> None:
+        """Everything; without `services` the caller runs its own on both hosts at `port`."""
+        if services:
+            self.start_services()
         self.start_interceptd()
         self.start_tcpcopyd()
         time.sleep(0.5)      # the responses relay's subscription to interceptd settles
@@ -151,7 +154,7 @@ class ReplicationRig:
     # ---- load and verdict -------------------------------------------------------------------
     def load(self, *args: str, timeout: float = 180.0) -> dict[str, Any]:
         """Run appliance.lab.load from the client against the online service; its JSON summary."""
-        argv = [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:{SERVICE_PORT}", *args]
+        argv = [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:{self.port}", *args]
         done = self.lab.run("client", argv, check=False, timeout=timeout, capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         if not lines:
