@@ -24,7 +24,9 @@ from appliance import wire
 from appliance.config import (
     CaptureSpec, OnlineConfig, ResponsesSpec, RewriteSpec, cpu_plan, spec_to_json,
 )
-from appliance.control import COMMANDS, Request, child_rows, error_reply, summary_line
+from appliance.control import (
+    COMMANDS, Request, child_rows, decode_request, encode_reply, error_reply, summary_line,
+)
 from appliance.errors import EXIT_BOOT_ERROR, EXIT_OK, HaltAppliance
 
 log = logging.getLogger(__name__)
@@ -245,7 +247,6 @@ class Supervisor:
         return handler(self, request)
 
     def _serve_control(self) -> None:
-        from appliance.control import decode_request, encode_reply
         for _ in range(16):
             try:
                 parts = self.ctl.recv_multipart(zmq.NOBLOCK)

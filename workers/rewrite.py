@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -75,7 +76,8 @@ class RewriteWorker(Worker):
         self.table.poll(now)
         self._send(self.table.take_output())
 
-    def _drain(self, sock: zmq.Socket, handler) -> int:
+    def _drain(self, sock: zmq.Socket,
+               handler: Callable[[wire.BatchHeader, list[tuple[int, memoryview]]], None]) -> int:
         try:
             frame = sock.recv(zmq.NOBLOCK, copy=True)
         except zmq.Again:
@@ -89,7 +91,7 @@ class RewriteWorker(Worker):
         self._send(self.table.take_output())
         return 1
 
-    def _on_segments(self, header: wire.BatchHeader, records: list) -> None:
+    def _on_segments(self, header: wire.BatchHeader, records: list[tuple[int, memoryview]]) -> None:
         if header.kind != wire.KIND_SEGMENTS:
             self.bad_frames += 1
             return
@@ -115,7 +117,7 @@ class RewriteWorker(Worker):
                 table.client_segment(seg, target_ip, target_port, now, min(t_capture, now))
         table.flush(now)
 
-    def _on_responses(self, header: wire.BatchHeader, records: list) -> None:
+    def _on_responses(self, header: wire.BatchHeader, records: list[tuple[int, memoryview]]) -> None:
         if header.kind != wire.KIND_RESPONSES:
             self.bad_frames += 1
             return

@@ -1,4 +1,4 @@
-from appliance.packet import ACK, FIN, PSH, RST, SYN
+from appliance.packet import ACK, FIN, PSH, SYN
 from tests.unit.enginekit import C_ISN, O_ISN, T_ISN, Playbook, client, target
 
 
