@@ -1,7 +1,8 @@
 """Validated, frozen settings for every process role, and their JSON form for child processes.
 
-The supervisor builds an `OnlineConfig` once (from the command line for now); each child gets
-only its own spec, serialised as JSON (never pickled) and rebuilt with `spec_from_json`.
+The supervisor builds an `OnlineConfig` once, from defaults, then the TOML file, then the
+command line (appliance.settings lists every key); each child gets only its own spec,
+serialised as JSON (never pickled) and rebuilt with `spec_from_json`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+from appliance.settings import Setting
 
 from appliance.engine.params import EngineParams
 from appliance.errors import ConfigError
@@ -40,6 +44,7 @@ class RewriteSpec:
     transfers: str
     engine: EngineParams = field(default_factory=EngineParams)
     cpus: tuple[int, ...] = ()
+    sample_rate: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,13 @@ class OnlineConfig:
     engine: EngineParams
     pin_cpus: bool = True
     buffer_bytes: int = 128 << 20
+    sample_rate: float = 1.0
+    log_level: str = "info"
+    metrics_listen: str = ""
+    graceful_timeout: float = 5.0
+    startsecs: float = 1.0
+    startretries: int = 3
+    source: str = "command line"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,79 @@ class InterceptConfig:
     snaplen: int = 14 + 60 + 60      # link + IP + TCP headers with options, no payload
     buffer_bytes: int = 32 << 20
     batch_max: int = 512
+    log_level: str = "info"
+
+
+Values = dict[str, Any]              # "section.key" -> value
+
+
+def read_toml(path: str, table: tuple[Setting, ...]) -> Values:
+    """The keys set in a TOML file; unknown sections or keys are errors naming the file."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    known = {s.name for s in table}
+    sections = {s.section for s in table}
+    out: Values = {}
+    for section, body in doc.items():
+        if section not in sections or not isinstance(body, dict):
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(sorted(sections))})")
+        for key, value in body.items():
+            name = f"{section}.{key}"
+            if name not in known:
+                raise ConfigError(f"{path}: [{section}] unknown key {key!r}")
+            out[name] = value
+    return out
+
+
+def resolve(table: tuple[Setting, ...], from_file: Values, from_cli: Values, path: str | None) -> Values:
+    """Defaults, overridden by the file, overridden by the command line; every value validated."""
+    out: Values = {}
+    for setting in table:
+        if setting.name in from_cli:
+            raw, origin = from_cli[setting.name], f"command line {setting.flags[0] if setting.flags else ''}"
+        elif setting.name in from_file:
+            raw, origin = from_file[setting.name], f"{path}: [{setting.section}]"
+        else:
+            raw, origin = setting.default, "default"
+        if raw is None:
+            flag = f" ({setting.flags[0]})" if setting.flags else ""
+            raise ConfigError(f"{setting.section}.{setting.key}{flag} is required: {setting.help}")
+        try:
+            out[setting.name] = setting.check(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin} {setting.key} = {raw!r}: {exc}") from None
+    return out
+
+
+def online_config(v: Values, source: str) -> OnlineConfig:
+    from appliance.transfer import capture_filter, parse_transfers
+    engine = validate_engine(EngineParams(
+        mtu=v["session.mtu"], fake_syn_mss=v["session.mss"], handshake_timeout=v["session.handshake_timeout"],
+        session_timeout=v["session.session_timeout"], keepalive_timeout=v["session.keepalive_timeout"],
+        max_lag=v["session.max_lag"], response_quiet=v["session.response_quiet"],
+        gap_timeout=v["session.gap_timeout"], buffer_limit=v["session.buffer_limit_mb"] << 20,
+        max_restarts=v["session.max_restarts"]))
+    transfers = v["tcpcopyd.transfer"]
+    return OnlineConfig(
+        transfers=transfers, intercepts=v["tcpcopyd.intercepts"], interfaces=v["tcpcopyd.interfaces"],
+        bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)), workers=v["tcpcopyd.workers"],
+        run_dir=v["tcpcopyd.run_dir"], engine=engine, pin_cpus=v["tcpcopyd.pin_cpus"],
+        buffer_bytes=v["tcpcopyd.capture_buffer_mb"] << 20, sample_rate=v["tcpcopyd.sample_rate"],
+        log_level=v["tcpcopyd.log_level"], metrics_listen=v["tcpcopyd.metrics_listen"],
+        graceful_timeout=v["supervisor.graceful_timeout"], startsecs=v["supervisor.startsecs"],
+        startretries=v["supervisor.startretries"], source=source)
+
+
+def intercept_config(v: Values) -> InterceptConfig:
+    return InterceptConfig(interfaces=v["interceptd.interfaces"], bpf=v["interceptd.filter"],
+                           bind=v["interceptd.bind"], port=v["interceptd.port"],
+                           buffer_bytes=v["interceptd.capture_buffer_mb"] << 20,
+                           log_level=v["interceptd.log_level"])
 
 
 SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ResponsesSpec)}
@@ -104,7 +189,7 @@ def validate_engine(p: EngineParams) -> EngineParams:
     if not 576 <= p.mtu <= 65535:
         raise ConfigError(f"mtu = {p.mtu}: must be 576-65535")
     if not 88 <= p.fake_syn_mss <= p.mtu - 40:
-        raise ConfigError(f"mss = {p.fake_syn_mss}: must be 88-{p.mtu - 40}")
+        raise ConfigError(f"[session] mss = {p.fake_syn_mss}: must be 88-{p.mtu - 40} (mtu - 40)")
     for name in ("handshake_timeout", "syn_rto", "rto_min", "rto_max", "response_quiet", "max_lag",
                  "gap_timeout", "session_timeout", "keepalive_timeout", "linger"):
         validate_positive(name, getattr(p, name))
@@ -119,3 +204,24 @@ def cpu_plan(count: int, offset: int, pin: bool) -> list[tuple[int, ...]]:
         return [() for _ in range(count)]
     cpus = sorted(os.sched_getaffinity(0))
     return [(cpus[(offset + i) % len(cpus)],) for i in range(count)]
+
+
+def add_setting_flags(parser: Any, table: tuple[Setting, ...]) -> None:
+    """One command-line flag per setting; unset flags stay None so the file's values survive."""
+    for setting in table:
+        if setting.flags:
+            default = "" if setting.default is None else setting.default
+            if isinstance(default, tuple):
+                default = ",".join(default)
+            parser.add_argument(*setting.flags, dest=setting.name, default=None, metavar=setting.key.upper(),
+                                help=f"{setting.help} [{setting.section}] {setting.key}, default {default!r}")
+
+
+def values_from_args(args: Any, table: tuple[Setting, ...]) -> Values:
+    return {s.name: getattr(args, s.name) for s in table if getattr(args, s.name, None) is not None}
+
+
+def load(table: tuple[Setting, ...], path: str | None, args: Any) -> Values:
+    """Defaults <- file <- command line, validated. Raises ConfigError naming source, key and value."""
+    from_file = read_toml(path, table) if path else {}
+    return resolve(table, from_file, values_from_args(args, table), path)

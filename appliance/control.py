@@ -7,8 +7,10 @@ Frames are wire.encode_json(KIND_CONTROL, ...)::
     reply    {"id": str, "status": "ok", "data": {...}}
            | {"id": str, "status": "error", "error": str, "errno": str}
 
-Handlers answer from state the supervisor already holds (its child table and each child's
-last stats frame); they never ask a worker, so `status` works while workers are saturated.
+Commands: status, stop, pause, resume, set {"name": "sample-rate"|"log-level", "value": ...}.
+Handlers answer from state the supervisor already holds (its child table, each child's last
+heartbeat, psutil samples); they never ask a worker, so `status` works while workers are saturated.
+The status document is described in docs/status.md.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from appliance import wire
+from appliance.observe import add_counters
+from appliance.settings import LOG_LEVELS
 
 if TYPE_CHECKING:
     from appliance.supervisor import Supervisor
+
+STATUS_SCHEMA_VERSION = 1
+ROLES = ("capture", "responses", "rewrite")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,30 +72,40 @@ def decode_reply(frame: bytes) -> dict:
     return wire.decode_json(frame, wire.KIND_CONTROL)
 
 
-# Counters summed over children of a role, and the loss funnel built from them.
-def _sum(children: list[dict], role: str) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for ch in children:
-        if ch["role"] != role:
-            continue
-        for name, value in ch.get("counters", {}).items():
-            if isinstance(value, int):
-                total[name] = total.get(name, 0) + value
-    return total
+# ---- the status document ----------------------------------------------------------------------
+def child_rows(sup: Supervisor, now: float) -> list[dict]:
+    """One row per child: life cycle from the supervisor, counters from its heartbeats."""
+    rows = []
+    for c in sup.children:
+        beat_age = time.monotonic() - c.view.beat_at if c.alive and c.view.beat_at is not None else None
+        rows.append({
+            "role": c.role, "index": c.index, "pid": c.pid if c.alive else None, "state": c.life.state.value,
+            "cpus": list(c.cpus), "restarts": c.life.restarts,
+            "heartbeat_age": None if beat_age is None else round(beat_age, 3),
+            "cpu_percent": c.view.cpu_percent, "rss_bytes": c.view.rss,
+            "counters": c.view.counters(), "info": c.view.extra,
+        })
+    return rows
 
 
-def funnel(children: list[dict]) -> dict[str, Any]:
-    cap = _sum(children, "capture")
-    rew = _sum(children, "rewrite")
-    resp = _sum(children, "responses")
-    return {
+def totals_of(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    totals: dict[str, dict[str, Any]] = {role: {} for role in ROLES}
+    for row in rows:
+        add_counters(totals[row["role"]], row["counters"])
+    return totals
+
+
+def funnel(rows: list[dict]) -> dict[str, Any]:
+    """Where traffic goes, stage by stage; `lost_at` names the first stage that loses any."""
+    t = totals_of(rows)
+    cap, rew, resp = t["capture"], t["rewrite"], t["responses"]
+    stages = {
         "captured": cap.get("captured", 0),
         "kernel_drops": cap.get("kernel_drops", 0),
         "queue_drops_capture": cap.get("queue_drops", 0),
-        "handed_to_workers": rew.get("client_segments", 0),
+        "handed_to_workers": rew.get("segments_received", 0),
         "sent_packets": rew.get("packets_sent", 0),
-        "send_errors": sum(sum(ch.get("counters", {}).get("send_errors", {}).values())
-                           for ch in children if ch["role"] == "rewrite"),
+        "send_errors": sum(rew.get("send_errors", {}).values()),
         "bytes_sent": rew.get("bytes_sent", 0),
         "bytes_acked_by_target": rew.get("bytes_acked", 0),
         "response_headers": resp.get("headers", 0),
@@ -97,28 +114,26 @@ def funnel(children: list[dict]) -> dict[str, Any]:
         "sessions_started": rew.get("sessions_started", 0),
         "sessions_established": rew.get("sessions_established", 0),
         "sessions_completed": rew.get("sessions_completed", 0),
+        "sessions_lost_in_restarts": rew.get("sessions_lost_in_restarts", 0),
         "handshake_timeouts": rew.get("handshake_timeouts", 0),
         "capture_gaps": rew.get("capture_gaps", 0),
     }
+    in_flight = stages["captured"] - stages["queue_drops_capture"] - stages["handed_to_workers"]
+    stages["in_queues"] = max(0, in_flight)
+    checks = [("capture (kernel ring)", stages["kernel_drops"]),
+              ("capture -> worker queue", stages["queue_drops_capture"]),
+              ("worker -> target (send errors)", stages["send_errors"]),
+              ("target handshake", stages["handshake_timeouts"]),
+              ("captured stream (gaps)", stages["capture_gaps"]),
+              ("intercept -> tcpcopyd (response batches)", stages["response_batches_lost"]),
+              ("worker restarts", stages["sessions_lost_in_restarts"])]
+    stages["lost_at"] = [name for name, lost in checks if lost]
+    return stages
 
 
-def child_rows(sup: Supervisor, now: float) -> list[dict]:
-    """One row per child: life-cycle state from the supervisor, counters from its last heartbeat."""
-    children = []
-    for c in sup.children:
-        stats = c.last_stats
-        children.append({
-            "role": c.role, "index": c.index, "pid": c.pid, "state": c.state.value, "cpus": list(c.cpus),
-            "restarts": c.restarts,
-            "heartbeat_age": round(now - c.last_heartbeat, 3) if c.last_heartbeat else None,
-            "counters": stats.get("counters", {}),
-        })
-    return children
-
-
-def summary_line(children: list[dict]) -> tuple[str, bool]:
+def summary_line(rows: list[dict]) -> tuple[str, bool]:
     """The periodic log line, and whether too few sessions got established (below 80 %)."""
-    f = funnel(children)
+    f = funnel(rows)
     started = f["sessions_started"]
     weak = started >= 10 and f["sessions_established"] < 0.8 * started
     line = ("captured %(captured)d kernel_drops %(kernel_drops)d queue_drops %(queue_drops_capture)d "
@@ -129,17 +144,30 @@ def summary_line(children: list[dict]) -> tuple[str, bool]:
     return line, weak
 
 
-def handle_status(sup: Supervisor, request: Request) -> dict:
+def status_document(sup: Supervisor) -> dict:
     now = time.time()
-    children = child_rows(sup, now)
-    totals = {role: _sum(children, role) for role in ("capture", "responses", "rewrite")}
-    return ok_reply(request.id, {
+    rows = child_rows(sup, now)
+    responses = next((r for r in rows if r["role"] == "responses"), None)
+    return {
+        "schema": STATUS_SCHEMA_VERSION,
+        "time": round(now, 3),
         "supervisor": {"pid": os.getpid(), "uptime": round(now - sup.started, 3),
                        "state": "stopping" if sup.stopping else "running"},
+        "runtime": {k: v for k, v in sup.runtime.items() if k != "seq"},
         "config": {"transfers": sup.config.transfers, "intercepts": list(sup.config.intercepts),
-                   "interfaces": list(sup.config.interfaces), "workers": sup.config.workers},
-        "children": children, "totals": totals, "funnel": funnel(children),
-    })
+                   "interfaces": list(sup.config.interfaces), "workers": sup.config.workers,
+                   "filter": sup.config.bpf, "source": sup.config.source},
+        "children": rows,
+        "totals": totals_of(rows),
+        "rates": {"window_seconds": round(sup.rates.window, 1), "per_second": sup.rates.per_second()},
+        "funnel": funnel(rows),
+        "intercepts": (responses or {}).get("info", {}).get("intercepts", {}),
+    }
+
+
+# ---- handlers ---------------------------------------------------------------------------------
+def handle_status(sup: Supervisor, request: Request) -> dict:
+    return ok_reply(request.id, status_document(sup))
 
 
 def handle_stop(sup: Supervisor, request: Request) -> dict:
@@ -147,7 +175,36 @@ def handle_stop(sup: Supervisor, request: Request) -> dict:
     return ok_reply(request.id, {"stopping": True})
 
 
+def handle_pause(sup: Supervisor, request: Request) -> dict:
+    return ok_reply(request.id, sup.set_runtime(paused=True))
+
+
+def handle_resume(sup: Supervisor, request: Request) -> dict:
+    return ok_reply(request.id, sup.set_runtime(paused=False))
+
+
+def handle_set(sup: Supervisor, request: Request) -> dict:
+    name, value = request.args.get("name"), request.args.get("value")
+    if name == "sample-rate":
+        try:
+            rate = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            rate = -1.0
+        if not 0.0 <= rate <= 1.0:
+            return error_reply(request.id, f"sample-rate {value!r}: must be a number 0-1", "EINVAL")
+        return ok_reply(request.id, sup.set_runtime(sample_rate=rate))
+    if name == "log-level":
+        if value not in LOG_LEVELS:
+            return error_reply(request.id, f"log-level {value!r}: must be one of {', '.join(LOG_LEVELS)}",
+                               "EINVAL")
+        return ok_reply(request.id, sup.set_runtime(log_level=value))
+    return error_reply(request.id, f"cannot set {name!r} (settable: sample-rate, log-level)", "EINVAL")
+
+
 COMMANDS: dict[str, Callable[[Supervisor, Request], dict]] = {
     "status": handle_status,
     "stop": handle_stop,
+    "pause": handle_pause,
+    "resume": handle_resume,
+    "set": handle_set,
 }

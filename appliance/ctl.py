@@ -1,4 +1,8 @@
-"""tcpcopyctl: ask a running tcpcopyd for its status, or tell it to stop.
+"""tcpcopyctl: look at a running tcpcopyd and steer it.
+
+    tcpcopyctl status [--json] [--watch [SECONDS]]
+    tcpcopyctl pause | resume | stop
+    tcpcopyctl set sample-rate 0.25 | set log-level debug
 
 Exit codes of `status` follow LSB: 0 running, 3 not running, 4 unknown/unreachable.
 """
@@ -9,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import uuid
 
 import zmq
@@ -20,6 +25,17 @@ from appliance.control import Request, decode_reply, encode_request
 LSB_RUNNING = 0
 LSB_NOT_RUNNING = 3
 LSB_UNKNOWN = 4
+EXIT_REFUSED = 1
+
+SHARD_COLUMNS = (("sessions_active", "active"), ("sessions_completed", "done"),
+                 ("sessions_reset_by_target", "reset"), ("sessions_timed_out", "t/o"),
+                 ("packets_sent", "sent"), ("retransmits", "retrans"), ("responses", "resp"),
+                 ("responses_unmatched", "unmatched"))
+DROP_COUNTERS = ("client_no_session", "client_late", "capture_gaps", "buffer_overflows", "resync_bytes_dropped",
+                 "handshake_timeouts", "handshake_refused", "port_reuse_resets", "responses_unmatched",
+                 "bad_frames", "malformed", "no_transfer", "sessions_timed_out", "sessions_skipped_paused",
+                 "sessions_skipped_sampled", "sessions_lost_in_restarts", "queue_drops", "kernel_drops",
+                 "batches_lost", "not_ip")
 
 
 def call(run_dir: str, command: str, args: dict | None = None, timeout: float = 2.0) -> dict | None:
@@ -38,53 +54,113 @@ def call(run_dir: str, command: str, args: dict | None = None, timeout: float = 
         ctx.term()
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return "-"
+
+
 def format_status(data: dict) -> str:
-    sup = data["supervisor"]
-    lines = [f"tcpcopyd pid {sup['pid']}  {sup['state']}  up {sup['uptime']:.0f}s  "
-             f"transfers {data['config']['transfers']}  intercepts {','.join(data['config']['intercepts'])}", "",
-             f"{'ROLE':<10} {'IDX':>3} {'PID':>7} {'STATE':<9} {'CPUS':<6} {'RESTARTS':>8} {'HB AGE':>7}"]
+    sup, cfg, rt = data["supervisor"], data["config"], data.get("runtime", {})
+    mode = "PAUSED" if rt.get("paused") else "replicating"
+    lines = [f"tcpcopyd pid {sup['pid']}  {sup['state']}, {mode}  up {sup['uptime']:.0f}s  "
+             f"sample rate {rt.get('sample_rate', 1.0):g}  log {rt.get('log_level', '?')}",
+             f"transfers {cfg['transfers']}  intercepts {','.join(cfg['intercepts'])}  "
+             f"interfaces {','.join(cfg['interfaces'])}", "",
+             f"{'ROLE':<10} {'IDX':>3} {'PID':>7} {'STATE':<9} {'CPUS':<5} {'CPU%':>6} {'RSS':>7} "
+             f"{'RESTARTS':>8} {'HB AGE':>7}"]
     for ch in data["children"]:
         age = "-" if ch["heartbeat_age"] is None else f"{ch['heartbeat_age']:.1f}s"
         cpus = ",".join(str(c) for c in ch["cpus"]) or "any"
-        lines.append(f"{ch['role']:<10} {ch['index']:>3} {ch['pid'] or '-':>7} {ch['state']:<9} {cpus:<6} "
-                     f"{ch['restarts']:>8} {age:>7}")
-    lines += ["", "loss funnel:"]
-    for name, value in data["funnel"].items():
-        lines.append(f"  {name:<28} {value:>12}")
-    rew = data["totals"].get("rewrite", {})
-    drops = {k: v for k, v in rew.items() if v and k in (
-        "client_no_session", "client_late", "capture_gaps", "buffer_overflows", "resync_bytes_dropped",
-        "handshake_timeouts", "handshake_refused", "port_reuse_resets", "responses_unmatched",
-        "bad_frames", "malformed", "no_transfer", "sessions_timed_out")}
+        cpu = "-" if ch.get("cpu_percent") is None else f"{ch['cpu_percent']:.1f}"
+        lines.append(f"{ch['role']:<10} {ch['index']:>3} {ch['pid'] or '-':>7} {ch['state']:<9} {cpus:<5} "
+                     f"{cpu:>6} {_size(ch.get('rss_bytes')):>7} {ch['restarts']:>8} {age:>7}")
+    shards = [ch for ch in data["children"] if ch["role"] == "rewrite"]
+    lines += ["", "shard " + " ".join(f"{title:>10}" for _, title in SHARD_COLUMNS)]
+    for ch in shards:
+        lines.append(f"{ch['index']:>5} " + " ".join(f"{ch['counters'].get(k, 0):>10}" for k, _ in SHARD_COLUMNS))
+    total = data["totals"].get("rewrite", {})
+    lines.append("total " + " ".join(f"{total.get(k, 0):>10}" for k, _ in SHARD_COLUMNS))
+    rates = data.get("rates", {}).get("per_second", {})
+    if rates:
+        cap, rew = rates.get("capture", {}), rates.get("rewrite", {})
+        lines += ["", f"last {data['rates']['window_seconds']:.0f}s: captured {cap.get('captured', 0):,.0f}/s  "
+                  f"sent {rew.get('packets_sent', 0):,.0f}/s  new sessions {rew.get('sessions_started', 0):,.1f}/s  "
+                  f"responses {rew.get('responses', 0):,.0f}/s  retransmits {rew.get('retransmits', 0):,.1f}/s"]
+    f = data["funnel"]
+    lines += ["", "loss funnel: captured {captured} -> handed to workers {handed_to_workers} (queue drops "
+              "{queue_drops_capture}, in queues {in_queues}) -> sent {sent_packets} packets (send errors "
+              "{send_errors}) -> {bytes_acked_by_target}/{bytes_sent} bytes acknowledged by the target".format(**f),
+              "  sessions started {sessions_started}, established {sessions_established}, completed "
+              "{sessions_completed}; kernel drops {kernel_drops}; response batches lost "
+              "{response_batches_lost}".format(**f),
+              "  losing traffic at: " + (", ".join(f["lost_at"]) if f["lost_at"] else "nowhere")]
+    errors = total.get("send_errors", {})
+    if errors:
+        lines.append("  send errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
+    drops = {}
+    for role_totals in data["totals"].values():
+        for k in DROP_COUNTERS:
+            if role_totals.get(k):
+                drops[k] = drops.get(k, 0) + role_totals[k]
     if drops:
-        lines += ["", "drops and give-ups:"] + [f"  {k:<28} {v:>12}" for k, v in drops.items()]
+        lines += ["", "drops and give-ups: " + ", ".join(f"{k} {v}" for k, v in drops.items())]
+    for instance, ic in data.get("intercepts", {}).items():
+        c = ic.get("counters", {})
+        lines.append(f"interceptd {instance} pid {ic.get('pid')}: captured {c.get('captured', 0)} published "
+                     f"{c.get('published', 0)} kernel drops {c.get('kernel_drops', 0)} subscribers "
+                     f"{c.get('subscribers', 0)} (report {ic.get('age', '?')}s old)")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tcpcopyctl", description="Control a running tcpcopyd.")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tcpcopyctl", description="Look at a running tcpcopyd and steer it.")
     p.add_argument("--run-dir", default=os.environ.get("TCPCOPY_RUN_DIR", DEFAULT_RUN_DIR))
-    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
     sub = p.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("status", help="processes, counters and the loss funnel")
-    st.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="processes, counters, rates and the loss funnel")
+    st.add_argument("--json", action="store_true", help="the status document (docs/status.md)")
+    st.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2) until interrupted")
     sub.add_parser("stop", help="stop tcpcopyd (same path as SIGTERM)")
-    args = p.parse_args(argv)
+    sub.add_parser("pause", help="start no new sessions (open ones go on)")
+    sub.add_parser("resume", help="start new sessions again")
+    st = sub.add_parser("set", help="change a runtime setting")
+    st.add_argument("name", choices=("sample-rate", "log-level"))
+    st.add_argument("value")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not os.path.exists(os.path.join(args.run_dir, "ctl")):
         print(f"tcpcopyd is not running (no control socket in {args.run_dir})", file=sys.stderr)
         return LSB_NOT_RUNNING
-    reply = call(args.run_dir, args.command, timeout=args.timeout)
-    if reply is None:
-        print("Timed out.", file=sys.stderr)
-        return LSB_UNKNOWN
-    if reply.get("status") != "ok":
-        print(f"error: {reply.get('error')} ({reply.get('errno')})", file=sys.stderr)
-        return 1
-    if args.command == "status":
-        print(json.dumps(reply["data"], indent=2) if args.json else format_status(reply["data"]))
-    else:
-        print(json.dumps(reply["data"]))
-    return LSB_RUNNING
+    request_args = {"name": args.name, "value": args.value} if args.command == "set" else {}
+    while True:
+        reply = call(args.run_dir, args.command, request_args, timeout=args.timeout)
+        if reply is None:
+            print("Timed out.", file=sys.stderr)
+            return LSB_UNKNOWN
+        if reply.get("status") != "ok":
+            print(f"error: {reply.get('error')} ({reply.get('errno')})", file=sys.stderr)
+            return EXIT_REFUSED
+        if args.command != "status":
+            print(json.dumps(reply["data"]))
+            return LSB_RUNNING
+        text = json.dumps(reply["data"], indent=2) if args.json else format_status(reply["data"])
+        if not args.watch:
+            print(text)
+            return LSB_RUNNING
+        print("\033[H\033[J" + text, flush=True)
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return LSB_RUNNING
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """tcpcopyd's supervisor: spawns, watches, restarts and stops the children; answers control.
 
-One loop, no threads. It waits on the control socket, the stats bus, a signal wake-up fd and
-the children's sentinels; signal handlers only record. Children start with the spawn method
-and get their spec as JSON. Stop order: captures, then the responses relay, then the rewrite
-workers (which reset their sessions on the target), each bounded by a timeout.
+One loop, no threads. It waits on the control socket, the stats bus, the metrics listener,
+a signal wake-up fd and the children's sentinels; signal handlers only record. Children start
+with the spawn method and get their spec as JSON. Runtime settings (pause, sample rate, log
+level) go to the children on a PUB socket, on change and once a second. Stop order: captures,
+then the responses relay, then the rewrite workers (which reset their sessions on the target).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import multiprocessing
 import os
@@ -22,29 +22,22 @@ import zmq
 
 from appliance import wire
 from appliance.config import (
-    CaptureSpec, OnlineConfig, ResponsesSpec, RewriteSpec, cpu_plan, spec_to_json,
+    CaptureSpec, OnlineConfig, ResponsesSpec, RewriteSpec, cpu_plan, load, spec_to_json,
 )
 from appliance.control import (
-    COMMANDS, Request, child_rows, decode_request, encode_reply, error_reply, summary_line,
+    COMMANDS, Request, child_rows, decode_request, encode_reply, error_reply, summary_line, totals_of,
 )
-from appliance.errors import EXIT_BOOT_ERROR, EXIT_OK, HaltAppliance
+from appliance.errors import EXIT_BOOT_ERROR, EXIT_OK, ConfigError, HaltAppliance
+from appliance.lifecycle import Action, ChildState, Lifecycle
+from appliance.metrics import MetricsServer
+from appliance.observe import ChildView, Rates
+from appliance.settings import ONLINE
 
 log = logging.getLogger(__name__)
 
-STARTSECS = 1.0          # a child that dies sooner failed to boot
-STARTRETRIES = 3         # failed boots in a row before the appliance halts
-BACKOFF_MAX = 2.0
-GRACEFUL_TIMEOUT = 5.0
 SUMMARY_INTERVAL = 30.0
+SAMPLE_INTERVAL = 1.0
 STOP_ORDER = ("capture", "responses", "rewrite")
-
-
-class ChildState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-    FATAL = "fatal"
 
 
 @dataclass
@@ -54,18 +47,17 @@ class Child:
     entry: str                 # "workers.capture:main"
     spec_json: str
     cpus: tuple[int, ...]
+    life: Lifecycle
     process: Any = None
-    state: ChildState = ChildState.STOPPED
-    started_at: float = 0.0
-    restarts: int = 0
-    failed_boots: int = 0
-    retry_at: float = 0.0
-    last_stats: dict = field(default_factory=dict)
-    last_heartbeat: float = 0.0
+    view: ChildView = field(default_factory=ChildView)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
 
 
 def _child_entry(entry: str, spec_json: str) -> None:
@@ -76,12 +68,17 @@ def _child_entry(entry: str, spec_json: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: OnlineConfig) -> None:
+    def __init__(self, config: OnlineConfig, config_path: str | None = None, cli_args: Any = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.cli_args = cli_args
         self.children: list[Child] = []
         self.started = time.time()
         self.stopping = False
         self.exit_code = EXIT_OK
+        self.runtime = {"paused": False, "sample_rate": config.sample_rate, "log_level": config.log_level,
+                        "seq": 0}
+        self.rates = Rates()
         self._signals: list[int] = []
         self._mp = multiprocessing.get_context("spawn")
         self._plan()
@@ -92,27 +89,29 @@ class Supervisor:
         caps = cpu_plan(len(c.interfaces), 0, c.pin_cpus)
         rews = cpu_plan(n, len(c.interfaces), c.pin_cpus)
         resp = cpu_plan(1, len(c.interfaces) + n, c.pin_cpus)
-        for k in range(n):
-            spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k])
-            self.children.append(Child("rewrite", k, "workers.rewrite:main", spec_to_json(spec), rews[k]))
-        spec_r = ResponsesSpec(n, c.run_dir, c.intercepts, resp[0])
-        self.children.append(Child("responses", 0, "workers.responses:main", spec_to_json(spec_r), resp[0]))
+
+        def child(role: str, index: int, entry: str, spec: Any, cpus: tuple[int, ...]) -> Child:
+            return Child(role, index, entry, spec_to_json(spec), cpus, Lifecycle(c.startsecs, c.startretries))
+
+        for k in range(n):   # rewrite workers bind their queues, so they go first
+            spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k], c.sample_rate)
+            self.children.append(child("rewrite", k, "workers.rewrite:main", spec, rews[k]))
+        self.children.append(child("responses", 0, "workers.responses:main",
+                                   ResponsesSpec(n, c.run_dir, c.intercepts, resp[0]), resp[0]))
         for i, iface in enumerate(c.interfaces):
             spec_c = CaptureSpec(i, iface, c.bpf, n, c.run_dir, caps[i], buffer_bytes=c.buffer_bytes)
-            self.children.append(Child("capture", i, "workers.capture:main", spec_to_json(spec_c), caps[i]))
+            self.children.append(child("capture", i, "workers.capture:main", spec_c, caps[i]))
 
     # ---- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
         os.makedirs(self.config.run_dir, mode=0o700, exist_ok=True)
         self.ctx = zmq.Context()
-        self.ctl = self.ctx.socket(zmq.ROUTER)
-        self.ctl.linger = 0
-        self.ctl.bind(wire.control_endpoint(self.config.run_dir))
+        self.ctl = self._bind(zmq.ROUTER, wire.control_endpoint(self.config.run_dir))
         os.chmod(os.path.join(self.config.run_dir, "ctl"), 0o600)
-        self.stats = self.ctx.socket(zmq.SUB)
-        self.stats.linger = 0
+        self.stats = self._bind(zmq.SUB, wire.stats_endpoint(self.config.run_dir))
         self.stats.setsockopt(zmq.SUBSCRIBE, b"")
-        self.stats.bind(wire.stats_endpoint(self.config.run_dir))
+        self.settings = self._bind(zmq.PUB, wire.settings_endpoint(self.config.run_dir))
+        self.metrics = MetricsServer(self.config.metrics_listen) if self.config.metrics_listen else None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -120,8 +119,9 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._record_signal)
         try:
-            for child in self.children:   # rewrite workers bind their queues, so they go first
-                self._spawn(child)
+            now = time.monotonic()
+            for child in self.children:
+                self._spawn(child, now)
             log.info("tcpcopyd running: %d rewrite worker(s), %d capture(s), intercepts %s",
                      self.config.workers, len(self.config.interfaces), ", ".join(self.config.intercepts))
             self._loop()
@@ -133,28 +133,35 @@ class Supervisor:
             self._read_stats()          # the children's last frames, sent as they stopped
             self._log_summary()
             signal.set_wakeup_fd(-1)
-            self.ctl.close(linger=0)
-            self.stats.close(linger=0)
+            if self.metrics:
+                self.metrics.close()
+            for sock in (self.ctl, self.stats, self.settings):
+                sock.close(linger=0)
             self.ctx.term()
-            for path in ("ctl", "stats"):
+            for path in ("ctl", "stats", "settings"):
                 try:
                     os.unlink(os.path.join(self.config.run_dir, path))
                 except FileNotFoundError:
                     pass
         return self.exit_code
 
+    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.linger = 0
+        sock.bind(endpoint)
+        return sock
+
     def _loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.ctl, zmq.POLLIN)
-        poller.register(self.stats, zmq.POLLIN)
+        for sock in (self.ctl, self.stats):
+            poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        if self.metrics:
+            poller.register(self.metrics.fileno(), zmq.POLLIN)
         next_summary = time.monotonic() + SUMMARY_INTERVAL
+        next_sample = 0.0
         while not self.stopping:
-            if time.monotonic() >= next_summary:
-                next_summary = time.monotonic() + SUMMARY_INTERVAL
-                self._log_summary()
-            sentinels = {c.process.sentinel: c for c in self.children
-                         if c.process is not None and c.state in (ChildState.STARTING, ChildState.RUNNING)}
+            sentinels = [c.process.sentinel for c in self.children if c.alive]
             for fd in sentinels:
                 poller.register(fd, zmq.POLLIN)
             events = dict(poller.poll(200))
@@ -168,45 +175,43 @@ class Supervisor:
                 self._read_stats()
             if self.ctl in events:
                 self._serve_control()
-            self._reap_and_manage(time.monotonic())
+            now = time.monotonic()
+            if now >= next_sample:
+                next_sample = now + SAMPLE_INTERVAL
+                self._sample(now)
+            if self.metrics and self.metrics.fileno() in events:
+                self.metrics.serve(lambda: child_rows(self, time.time()))
+            self._manage(now)
+            if now >= next_summary:
+                next_summary = now + SUMMARY_INTERVAL
+                self._log_summary()
 
-    def _log_summary(self) -> None:
-        line, weak = summary_line(child_rows(self, time.time()))
-        log.info("summary: %s", line)
-        if weak:
-            log.warning("many sessions can't be established with the target: see handshake_timeouts")
-
-    def _spawn(self, child: Child) -> None:
+    def _spawn(self, child: Child, now: float) -> None:
         child.process = self._mp.Process(target=_child_entry, args=(child.entry, child.spec_json),
                                          name=f"{child.role}-{child.index}", daemon=False)
         child.process.start()
-        child.state = ChildState.STARTING
-        child.started_at = time.monotonic()
+        child.life.spawned(now)
         log.info("started %s %d pid %d cpus %s", child.role, child.index, child.pid, child.cpus or "any")
 
-    def _reap_and_manage(self, now: float) -> None:
+    def _manage(self, now: float) -> None:
         for child in self.children:
-            proc = child.process
-            if child.state is ChildState.STARTING and now - child.started_at >= STARTSECS:
-                child.state = ChildState.RUNNING          # STARTING -> RUNNING
-                child.failed_boots = 0
-            if child.state in (ChildState.STARTING, ChildState.RUNNING) and proc is not None \
-                    and not proc.is_alive():
-                proc.join(0)
-                code = proc.exitcode
-                if child.state is ChildState.STARTING:
-                    child.failed_boots += 1
-                    if child.failed_boots >= STARTRETRIES:
-                        child.state = ChildState.FATAL     # BACKOFF -> FATAL
-                        raise HaltAppliance(f"{child.role} {child.index} failed to boot "
-                                            f"{child.failed_boots} times (exit {code})", EXIT_BOOT_ERROR)
-                log.warning("%s %d (pid %s) exited with %s; restarting", child.role, child.index,
-                            proc.pid, code)
-                child.state = ChildState.BACKOFF           # RUNNING -> BACKOFF
-                child.retry_at = now + min(BACKOFF_MAX, 0.1 * 2 ** child.failed_boots)
-            if child.state is ChildState.BACKOFF and now >= child.retry_at:
-                child.restarts += 1
-                self._spawn(child)                         # BACKOFF -> STARTING
+            was = child.life.state
+            action = child.life.transition(now, child.alive)
+            if was in (ChildState.STARTING, ChildState.RUNNING) and child.life.state is not was \
+                    and child.life.state is not ChildState.RUNNING:
+                child.process.join(0)
+                log.warning("%s %d (pid %s) exited with %s", child.role, child.index, child.pid,
+                            child.process.exitcode)
+                child.view.died()
+            if action is Action.HALT:
+                raise HaltAppliance(f"{child.role} {child.index} failed to boot {child.life.failed_boots} "
+                                    f"times in a row (last exit {child.process.exitcode})", EXIT_BOOT_ERROR)
+            if action is Action.KILL:
+                log.warning("%s %d (pid %s) missed its heartbeats; killing it", child.role, child.index,
+                            child.pid)
+                child.process.kill()
+            elif action is Action.SPAWN:
+                self._spawn(child, now)
 
     def _stop_all(self) -> None:
         for role in STOP_ORDER:
@@ -214,16 +219,73 @@ class Supervisor:
             for child in group:
                 if child.process.is_alive():
                     child.process.terminate()
-            deadline = time.monotonic() + GRACEFUL_TIMEOUT
+            deadline = time.monotonic() + self.config.graceful_timeout
             for child in group:
                 child.process.join(max(0.0, deadline - time.monotonic()))
                 if child.process.is_alive():
-                    log.warning("%s %d did not stop in time; killing", child.role, child.index)
+                    log.warning("%s %d did not stop in time; killing it", child.role, child.index)
                     child.process.kill()
                     child.process.join(1.0)
-                child.state = ChildState.STOPPED
+                child.life.state = ChildState.STOPPED
 
-    # ---- signals and control ----------------------------------------------------------------
+    # ---- observation ------------------------------------------------------------------------
+    def _read_stats(self) -> None:
+        for _ in range(256):
+            try:
+                frame = self.stats.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                obj = wire.decode_json(frame, wire.KIND_STATS)
+            except wire.WireError:
+                continue
+            for child in self.children:
+                if child.role == obj.get("role") and child.index == obj.get("index") \
+                        and child.pid == obj.get("pid"):
+                    now = time.monotonic()
+                    child.view.heartbeat(obj, now)
+                    child.life.beat(now)
+
+    def _sample(self, now: float) -> None:
+        for child in self.children:
+            child.view.sample(child.pid if child.alive else None)
+        self.rates.record(now, totals_of(child_rows(self, time.time())))
+        self._publish_settings()
+
+    def _log_summary(self) -> None:
+        line, weak = summary_line(child_rows(self, time.time()))
+        log.info("summary: %s", line)
+        if weak:
+            log.warning("many sessions can't be established with the target: see handshake_timeouts")
+
+    # ---- runtime settings, signals and control ------------------------------------------------
+    def set_runtime(self, **changes: Any) -> dict:
+        self.runtime.update(changes)
+        self.runtime["seq"] += 1
+        if "log_level" in changes:
+            logging.getLogger().setLevel(changes["log_level"].upper())
+        self._publish_settings()
+        log.info("runtime settings now %s", {k: v for k, v in self.runtime.items() if k != "seq"})
+        return dict(self.runtime)
+
+    def _publish_settings(self) -> None:
+        try:
+            self.settings.send(wire.encode_json(wire.KIND_SETTINGS, self.runtime), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration file and apply what can change live."""
+        if not self.config_path:
+            log.info("SIGHUP: no configuration file to re-read")
+            return
+        try:
+            values = load(ONLINE, self.config_path, self.cli_args)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded: %s", exc)
+            return
+        self.set_runtime(sample_rate=values["tcpcopyd.sample_rate"], log_level=values["tcpcopyd.log_level"])
+
     def _record_signal(self, signum: int, frame: object) -> None:
         self._signals.append(signum)
 
@@ -238,7 +300,7 @@ class Supervisor:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.dispatch(Request(id="signal", command="stop", args={}))
         elif signum == signal.SIGHUP:
-            log.info("SIGHUP: nothing to reload yet")
+            self.reload()
 
     def dispatch(self, request: Request) -> dict:
         handler = COMMANDS.get(request.command)
@@ -259,22 +321,6 @@ class Supervisor:
             if request is not None:
                 reply = self.dispatch(request)
             self.ctl.send_multipart([identity, b"", encode_reply(reply)])
-
-    def _read_stats(self) -> None:
-        for _ in range(256):
-            try:
-                frame = self.stats.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                obj = wire.decode_json(frame, wire.KIND_STATS)
-            except wire.WireError:
-                continue
-            for child in self.children:
-                if child.role == obj.get("role") and child.index == obj.get("index") \
-                        and child.pid == obj.get("pid"):
-                    child.last_stats = obj
-                    child.last_heartbeat = time.time()
 
     def request_stop(self) -> None:
         self.stopping = True

@@ -11,7 +11,8 @@ Batch frame (captured segments, and response headers), all fields big-endian::
 `source id` names the sender (capture index, or an interceptd's random instance id) and
 `batch seq` counts that sender's batches to one receiver, so receivers count lost batches.
 
-Stats/heartbeat and control frames are a version byte, a kind byte and a UTF-8 JSON object.
+Stats/heartbeat, settings and control frames are a version byte, a kind byte and a UTF-8 JSON
+object. interceptd sends its own stats frame on its PUB socket, beside its batches, once a second.
 No pickle anywhere.
 """
 
@@ -29,6 +30,7 @@ KIND_SEGMENTS = 1
 KIND_RESPONSES = 2
 KIND_STATS = 3
 KIND_CONTROL = 4
+KIND_SETTINGS = 5        # supervisor -> children: runtime settings (pause, sample rate, log level)
 
 BATCH_HEADER = struct.Struct("!BBHIQ")
 RECORD_HEADER = struct.Struct("!QI")
@@ -143,6 +145,10 @@ def responses_endpoint(run_dir: str, shard: int) -> str:
 
 def stats_endpoint(run_dir: str) -> str:
     return f"ipc://{os.path.join(run_dir, 'stats')}"
+
+
+def settings_endpoint(run_dir: str) -> str:
+    return f"ipc://{os.path.join(run_dir, 'settings')}"
 
 
 def control_endpoint(run_dir: str) -> str:

@@ -38,6 +38,7 @@ class Worker:
         self._sockets: list[zmq.Socket] = []
         self.ctx: zmq.Context | None = None
         self._next_stats = 0.0
+        self._settings_seq: Any = None
         self.started = time.time()
 
     # -- subclass interface --
@@ -49,6 +50,12 @@ class Worker:
         return {}
 
     def shutdown(self) -> None: ...
+
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        """Runtime settings from the supervisor (pause, sample rate, log level); on change only."""
+        level = settings.get("log_level")
+        if isinstance(level, str):
+            logging.getLogger().setLevel(level.upper())
 
     # -- helpers --
     def socket(self, kind: int, *, bind: str | None = None, connect: str | None = None,
@@ -80,9 +87,12 @@ class Worker:
         self.ctx = zmq.Context()
         try:
             self.stats_sock = self.socket(zmq.PUB, connect=wire.stats_endpoint(self.run_dir))
+            self.settings_sock = self.socket(zmq.SUB, connect=wire.settings_endpoint(self.run_dir))
+            self.settings_sock.setsockopt(zmq.SUBSCRIBE, b"")
             self.setup()
             while not self.stopping:
                 now = time.monotonic()
+                self._poll_settings()
                 self.step(now)
                 if now >= self._next_stats:
                     self._next_stats = now + STATS_INTERVAL
@@ -97,6 +107,23 @@ class Worker:
                 sock.close(linger=0)
             self.ctx.term()
         return 0
+
+    def _poll_settings(self) -> None:
+        latest = None
+        while True:
+            try:
+                latest = self.settings_sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        if latest is None:
+            return
+        try:
+            settings = wire.decode_json(latest, wire.KIND_SETTINGS)
+        except wire.WireError:
+            return
+        if settings.get("seq") != self._settings_seq:
+            self._settings_seq = settings.get("seq")
+            self.apply_settings(settings)
 
     def publish_stats(self) -> None:
         frame = wire.encode_json(wire.KIND_STATS, {

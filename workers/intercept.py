@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100
 SUMMARY_INTERVAL = 30.0
+STATS_INTERVAL = 1.0
 PUB_HWM = 100_000
 
 
@@ -39,6 +40,8 @@ class Intercept:
         self.malformed = 0
         self.batches = 0
         self.kernel_drops = 0
+        self.subscribers = 0
+        self.started = time.time()
         self.handles: list[pcap.pcap] = []
 
     def counters(self) -> dict[str, Any]:
@@ -47,7 +50,27 @@ class Intercept:
         except OSError:
             pass
         return {"captured": self.captured, "published": self.published, "not_ip": self.not_ip,
-                "malformed": self.malformed, "batches": self.batches, "kernel_drops": self.kernel_drops}
+                "malformed": self.malformed, "batches": self.batches, "kernel_drops": self.kernel_drops,
+                "subscribers": self.subscribers}
+
+    def _stats_frame(self) -> bytes:
+        return wire.encode_json(wire.KIND_STATS, {
+            "role": "interceptd", "instance": f"{self.instance:08x}", "pid": os.getpid(),
+            "time": time.time(), "started": self.started, "filter": self.config.bpf,
+            "interfaces": list(self.config.interfaces), "counters": self.counters()})
+
+    def _on_monitor(self, monitor: zmq.Socket) -> None:
+        """Count subscriber connections from the PUB socket's monitor events."""
+        from zmq.utils.monitor import recv_monitor_message
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.subscribers += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.subscribers = max(0, self.subscribers - 1)
 
     def _open(self, interface: str) -> pcap.pcap:
         c = self.config
@@ -83,14 +106,17 @@ class Intercept:
         pub = ctx.socket(zmq.PUB)
         pub.linger = 0
         pub.sndhwm = PUB_HWM
+        monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         pub.bind(f"tcp://{c.bind}:{c.port}")
         self.builder = wire.BatchBuilder(wire.KIND_RESPONSES, self.instance)
         poller = zmq.Poller()
+        poller.register(monitor, zmq.POLLIN)
         for h in self.handles:
             poller.register(h.fileno(), zmq.POLLIN)
         log.info("interceptd %08x on %s, filter %r, publishing on tcp://%s:%d", self.instance,
                  ",".join(c.interfaces), c.bpf, c.bind, c.port)
         next_summary = time.monotonic() + SUMMARY_INTERVAL
+        next_stats = 0.0
         try:
             while not self.stopping:
                 for h in self.handles:
@@ -104,13 +130,19 @@ class Intercept:
                             self.batches += 1
                         if n < c.batch_max:
                             break
-                poller.poll(POLL_MS)
+                if dict(poller.poll(POLL_MS)).get(monitor):
+                    self._on_monitor(monitor)
                 now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + STATS_INTERVAL
+                    pub.send(self._stats_frame())
                 if now >= next_summary:
                     next_summary = now + SUMMARY_INTERVAL
                     log.info("interceptd counters %s", self.counters())
         finally:
             log.info("interceptd exiting, counters %s", self.counters())
+            pub.disable_monitor()
+            monitor.close(linger=0)
             pub.close(linger=0)
             ctx.term()
         return 0

@@ -8,6 +8,7 @@ when an interceptd restarts; batch numbers per interceptd instance reveal lost b
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import zmq
@@ -37,6 +38,7 @@ class ResponsesWorker(Worker):
         self.batches_lost = 0
         self.intercept_restarts = 0
         self._expected: dict[int, int] = {}   # interceptd instance id -> next batch seq
+        self.intercepts: dict[str, dict[str, Any]] = {}   # interceptd instance -> its last stats
 
     def setup(self) -> None:
         self.sub = self.socket(zmq.SUB, hwm=100_000)
@@ -63,6 +65,9 @@ class ResponsesWorker(Worker):
         self._flush()
 
     def _route(self, frame: bytes) -> None:
+        if len(frame) >= 2 and frame[1] == wire.KIND_STATS:
+            self._on_intercept_stats(frame)
+            return
         try:
             header, records = wire.decode_batch(frame)
         except wire.WireError:
@@ -87,6 +92,21 @@ class ResponsesWorker(Worker):
             self.headers += 1
             self.builders[shard_of(key[0], key[1], shards)].add(ts_ns, packet)
 
+    def _on_intercept_stats(self, frame: bytes) -> None:
+        try:
+            obj = wire.decode_json(frame, wire.KIND_STATS)
+        except wire.WireError:
+            self.bad_frames += 1
+            return
+        instance = str(obj.get("instance", "?"))[:16]
+        counters = obj.get("counters")
+        if isinstance(counters, dict):
+            self.intercepts[instance] = {
+                "pid": obj.get("pid"), "filter": obj.get("filter"), "received": time.time(),
+                "counters": {k: v for k, v in counters.items() if isinstance(v, int)}}
+            while len(self.intercepts) > 64:           # restarted instances: keep the newest
+                del self.intercepts[next(iter(self.intercepts))]
+
     def _flush(self) -> None:
         for shard, builder in enumerate(self.builders):
             if builder.count:
@@ -101,6 +121,8 @@ class ResponsesWorker(Worker):
             "headers": self.headers, "bad_frames": self.bad_frames, "malformed": self.malformed,
             "queue_drops": self.queue_drops, "batches_lost": self.batches_lost,
             "intercepts_seen": len(self._expected), "intercept_restarts": self.intercept_restarts,
+            "intercepts": {k: dict(v, age=round(time.time() - v["received"], 1))
+                           for k, v in self.intercepts.items()},
         }
 
 

@@ -39,6 +39,7 @@ class RewriteWorker(Worker):
                          f"tcpcopyd: rewrite {spec.index}/{spec.shards}")
         self.spec = spec
         self.table = SessionTable(spec.engine)
+        self.table.sample_rate = spec.sample_rate
         self.transfers = TransferMap(parse_transfers(spec.transfers))
         self.bad_frames = 0
         self.malformed = 0
@@ -46,6 +47,7 @@ class RewriteWorker(Worker):
         self.send_errors: dict[str, int] = {}
         self.packets_sent = 0
         self.segment_batches = 0
+        self.segments_received = 0
         self.response_batches = 0
         self.capture_latency_max = 0.0
         self._ip_text: dict[int, str] = {}
@@ -96,6 +98,7 @@ class RewriteWorker(Worker):
             self.bad_frames += 1
             return
         self.segment_batches += 1
+        self.segments_received += len(records)
         now = time.monotonic()
         wall_to_mono = now - time.time()
         table = self.table
@@ -155,10 +158,18 @@ class RewriteWorker(Worker):
             "buffered_bytes": self.table.buffered_bytes(), "packets_sent": self.packets_sent,
             "send_errors": dict(self.send_errors), "bad_frames": self.bad_frames,
             "malformed": self.malformed, "no_transfer": self.no_transfer,
-            "segment_batches": self.segment_batches, "response_batches": self.response_batches,
+            "segment_batches": self.segment_batches, "segments_received": self.segments_received,
+            "response_batches": self.response_batches,
             "capture_latency_max_ms": round(self.capture_latency_max * 1000, 3),
         })
         return out
+
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        super().apply_settings(settings)
+        self.table.paused = bool(settings.get("paused", False))
+        rate = settings.get("sample_rate")
+        if isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0:
+            self.table.sample_rate = float(rate)
 
     def _warn_about_handshakes(self) -> None:
         """G8: a SYN the target never answers (as far as we can see) gets a hint, not silence."""

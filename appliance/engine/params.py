@@ -53,6 +53,9 @@ class EngineCounters:
     resync_bytes_dropped: int = 0    # captured bytes dropped while waiting for a turn to resync on
     restarts: int = 0                # new target connection for an existing client session
     sessions_shutdown: int = 0       # reset on the target because tcpcopyd stopped
+    sessions_skipped_paused: int = 0 # not replayed: they started while replication was paused
+    sessions_skipped_sampled: int = 0  # not replayed: outside the sample rate
+    client_skipped: int = 0          # captured segments of connections not replayed (by choice)
     segments_sent: int = 0
     bytes_sent: int = 0              # client payload bytes sent to the target (first sends only)
     retransmits: int = 0             # to the target, on timeout

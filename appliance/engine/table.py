@@ -27,6 +27,10 @@ class SessionTable:
         self._dirty: dict[Key, Session] = {}
         self._timers: list[tuple[float, int, Key]] = []
         self._tie = itertools.count()
+        self.paused = False              # runtime: start no new sessions
+        self.sample_rate = 1.0           # runtime: share of new connections replayed
+        self._skipped: dict[Key, float] = {}   # connections not replayed, by choice; last seen
+        self._next_purge = 0.0
 
     # ---- events -----------------------------------------------------------------------------
     def client_segment(self, seg: TcpSegment, target_ip: int, target_port: int, now: float,
@@ -37,6 +41,10 @@ class SessionTable:
         key = (seg.src_ip, seg.src_port, target_ip, target_port)
         sess = self.sessions.get(key)
         t = now if t_capture is None else t_capture
+        if key in self._skipped and not (seg.flags & SYN and not seg.flags & ACK):
+            self._skipped[key] = now
+            c.client_skipped += 1
+            return
         if seg.flags & SYN:
             if seg.flags & ACK:
                 c.client_no_session += 1
@@ -48,12 +56,16 @@ class SessionTable:
                     return
                 c.port_reuse_resets += 1      # G4: the old session gives way to the new one
                 sess.reset(now)
+            if not self._admit(key, now):
+                return
             sess = self._new(key, now)
             sess.start_with_syn(seg, now)
         elif sess is None or (sess.state is State.CLOSED and seg.payload
                               and not _same_stream(sess, seg)):
             if not seg.payload or seg.flags & RST:
                 c.client_no_session += 1
+                return
+            if not self._admit(key, now):
                 return
             sess = self._new(key, now)
             sess.start_without_syn(seg, now)
@@ -82,6 +94,8 @@ class SessionTable:
 
     def poll(self, now: float) -> None:
         """Fire every timer that is due."""
+        if now >= self._next_purge:
+            self._purge_skipped(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             when, _, key = heapq.heappop(timers)
@@ -125,6 +139,25 @@ class SessionTable:
         return sum(s.buffered for s in self.sessions.values())
 
     # ---- internals --------------------------------------------------------------------------
+    def _admit(self, key: Key, now: float) -> bool:
+        """Whether a new connection is replayed; one that is not is remembered and ignored."""
+        if self.paused:
+            self.counters.sessions_skipped_paused += 1
+        elif self.sample_rate < 1.0 and sample_point(key[0], key[1]) >= self.sample_rate:
+            self.counters.sessions_skipped_sampled += 1
+        else:
+            self._skipped.pop(key, None)
+            return True
+        self._skipped[key] = now
+        self.counters.client_skipped += 1
+        return False
+
+    def _purge_skipped(self, now: float) -> None:
+        self._next_purge = now + 10.0
+        horizon = now - self.params.keepalive_timeout
+        for key in [k for k, seen in self._skipped.items() if seen < horizon]:
+            del self._skipped[key]
+
     def _new(self, key: Key, now: float) -> Session:
         self.counters.sessions_started += 1
         sess = Session(key, self.params, self.counters, self._out, now)
@@ -144,3 +177,12 @@ class SessionTable:
 def _same_stream(sess: Session, seg: TcpSegment) -> bool:
     """A late segment of the closed session (not a new connection on the same port)."""
     return abs(seq_diff(seg.seq, sess.stream.end)) < 1 << 24
+
+
+def sample_point(client_ip: int, client_port: int) -> float:
+    """A fixed point in [0, 1) per client (ip, port): a connection is sampled if below the rate."""
+    h = (client_ip * 0x85EBCA6B ^ client_port * 0xC2B2AE35 ^ 0x5BD1E995) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h / 4294967296.0

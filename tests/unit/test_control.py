@@ -53,26 +53,31 @@ def test_funnel_sums_by_role():
     children = [
         {"role": "capture", "counters": {"captured": 10, "kernel_drops": 1, "queue_drops": 2}},
         {"role": "capture", "counters": {"captured": 5, "kernel_drops": 0, "queue_drops": 1}},
-        {"role": "rewrite", "counters": {"client_segments": 12, "packets_sent": 11, "bytes_sent": 900,
+        {"role": "rewrite", "counters": {"segments_received": 9, "packets_sent": 11, "bytes_sent": 900,
                                          "bytes_acked": 800, "responses_unmatched": 3,
                                          "sessions_started": 4, "sessions_established": 3,
                                          "sessions_completed": 2, "handshake_timeouts": 1,
                                          "capture_gaps": 1, "send_errors": {"EPERM": 2, "ENOBUFS": 1}}},
-        {"role": "rewrite", "counters": {"client_segments": 3, "packets_sent": 1,
+        {"role": "rewrite", "counters": {"segments_received": 3, "packets_sent": 1,
                                          "send_errors": {"EPERM": 4}}},
         {"role": "rewrite", "counters": {}},
         {"role": "responses", "counters": {"headers": 20, "batches_lost": 2, "captured": 999}},
     ]
     f = funnel(children)
     assert f == {
-        "captured": 15, "kernel_drops": 1, "queue_drops_capture": 3, "handed_to_workers": 15,
+        "captured": 15, "kernel_drops": 1, "queue_drops_capture": 3, "handed_to_workers": 12,
         "sent_packets": 12, "send_errors": 7, "bytes_sent": 900, "bytes_acked_by_target": 800,
         "response_headers": 20, "response_batches_lost": 2, "responses_unmatched": 3,
         "sessions_started": 4, "sessions_established": 3, "sessions_completed": 2,
-        "handshake_timeouts": 1, "capture_gaps": 1,
+        "handshake_timeouts": 1, "capture_gaps": 1, "sessions_lost_in_restarts": 0, "in_queues": 0,
+        "lost_at": ["capture (kernel ring)", "capture -> worker queue", "worker -> target (send errors)",
+                    "target handshake", "captured stream (gaps)", "intercept -> tcpcopyd (response batches)"],
     }
+    # the stages add up: what capture took is dropped at the queue, still queued, or handed over
+    assert f["captured"] == f["queue_drops_capture"] + f["in_queues"] + f["handed_to_workers"]
 
 
 def test_funnel_of_nothing_is_zeros():
     f = funnel([])
+    assert f.pop("lost_at") == []
     assert set(f.values()) == {0}

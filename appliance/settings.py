@@ -1,0 +1,225 @@
+"""Every configuration key of tcpcopyd and interceptd: section, name, default, range, flag, help.
+
+One table per program. It drives the TOML loader, the command-line parser (flags override the
+file), validation (errors name the source, the key and the value) and the test that keeps
+conf/*.toml complete. Runs in the supervisor (tcpcopyd) or in interceptd, before anything starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Check = Callable[[Any], Any]     # returns the normalised value or raises ValueError(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    section: str
+    key: str
+    default: Any
+    check: Check
+    help: str
+    flags: tuple[str, ...] = ()
+    live: bool = False           # SIGHUP / tcpcopyctl set can change it without a restart
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+# ---- validators: one small function per kind of value -----------------------------------------
+def integer(lo: int, hi: int) -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a whole number") from None
+        if isinstance(value, float) and number != value:
+            raise ValueError("must be a whole number")
+        if not lo <= number <= hi:
+            raise ValueError(f"must be {lo}-{hi}")
+        return number
+    check.range = f"{lo}-{hi}"  # type: ignore[attr-defined]
+    return check
+
+
+def number(lo: float, hi: float) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a number") from None
+        if not lo <= result <= hi:
+            raise ValueError(f"must be {lo:g}-{hi:g}")
+        return result
+    check.range = f"{lo:g}-{hi:g}"  # type: ignore[attr-defined]
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ValueError("must be true or false")
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def choice(*options: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return str(value)
+    check.range = " | ".join(options)  # type: ignore[attr-defined]
+    return check
+
+
+def word_list(value: Any) -> tuple[str, ...]:
+    """A TOML list of strings, or a comma-separated string (command line)."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ValueError("must be a list of strings")
+    items = [v for v in items if v]
+    if not items:
+        raise ValueError("must not be empty")
+    return tuple(items)
+
+
+def listen_address(value: Any) -> str:
+    """"" (off) or HOST:PORT."""
+    value = text(value)
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT with a port 1-65535, or empty to turn it off")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    return value
+
+
+def transfers(value: Any) -> str:
+    from appliance.transfer import parse_transfers
+    specs = parse_transfers(text(value))
+    return ",".join(str(t) for t in specs)
+
+
+def intercepts(value: Any) -> tuple[str, ...]:
+    from appliance.wire import parse_intercept_address
+    items = word_list(value)
+    for item in items:
+        parse_intercept_address(item)
+    return items
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+ONLINE: tuple[Setting, ...] = (
+    Setting("tcpcopyd", "transfer", None, transfers,
+            "[ONLINE_IP:]PORT-TARGET_IP:PORT[,...]: what to copy and where to (required)", ("-x", "--transfer")),
+    Setting("tcpcopyd", "intercepts", None, intercepts,
+            "interceptd addresses HOST[:PORT] (default port 36524) (required)", ("-s", "--intercept")),
+    Setting("tcpcopyd", "interfaces", ("any",), word_list, "capture interfaces", ("-i", "--interface")),
+    Setting("tcpcopyd", "filter", "", text, "BPF capture filter; empty: built from transfer", ("-F", "--filter")),
+    Setting("tcpcopyd", "workers", 2, integer(1, 64), "rewrite-and-send workers (shards)", ("-w", "--workers")),
+    Setting("tcpcopyd", "capture_buffer_mb", 128, integer(8, 2048), "capture ring per interface, MiB",
+            ("-B", "--buffer-mb")),
+    Setting("tcpcopyd", "pin_cpus", True, boolean, "pin each child to one CPU", ("--pin-cpus",)),
+    Setting("tcpcopyd", "run_dir", "/run/tcpcopy-py", text, "directory for control and queue sockets",
+            ("--run-dir",)),
+    Setting("tcpcopyd", "log_level", "info", choice(*LOG_LEVELS), "log level",
+            ("--log-level",), live=True),
+    Setting("tcpcopyd", "sample_rate", 1.0, number(0.0, 1.0),
+            "share of new sessions replayed, chosen by client address and port", ("--sample-rate",), live=True),
+    Setting("tcpcopyd", "metrics_listen", "", listen_address,
+            "Prometheus endpoint HOST:PORT; empty: off", ("--metrics-listen",)),
+    Setting("session", "mtu", 1500, integer(576, 65535), "largest packet sent to the target", ("-M", "--mtu")),
+    Setting("session", "mss", 1460, integer(88, 65495), "MSS in SYNs forged for connections without a SYN",
+            ("-D", "--mss")),
+    Setting("session", "handshake_timeout", 3.0, number(0.1, 60), "seconds for the target's SYN-ACK",
+            ("--handshake-timeout",)),
+    Setting("session", "session_timeout", 120.0, number(1, 86400), "seconds of silence with data pending",
+            ("-t", "--session-timeout")),
+    Setting("session", "keepalive_timeout", 720.0, number(1, 864000), "seconds of silence on an idle session",
+            ("-k", "--keepalive-timeout")),
+    Setting("session", "max_lag", 1.0, number(0.001, 600),
+            "seconds a request may wait for the target's answer before it is sent anyway", ("--max-lag",)),
+    Setting("session", "response_quiet", 0.010, number(0.0001, 10),
+            "target silence that ends an answer whose size differs from the original", ("--response-quiet",)),
+    Setting("session", "gap_timeout", 0.5, number(0.01, 60),
+            "a hole in the captured stream this old is a capture gap", ("--gap-timeout",)),
+    Setting("session", "buffer_limit_mb", 16, integer(1, 4096), "client bytes buffered per session, MiB",
+            ("--buffer-limit-mb",)),
+    Setting("session", "max_restarts", 3, integer(0, 100), "new target connections for one client session",
+            ("--max-restarts",)),
+    Setting("supervisor", "graceful_timeout", 5.0, number(0.1, 300), "seconds each stop phase may take",
+            ("--graceful-timeout",)),
+    Setting("supervisor", "startsecs", 1.0, number(0.1, 60), "a child dying sooner failed to boot",
+            ("--startsecs",)),
+    Setting("supervisor", "startretries", 3, integer(1, 100), "failed boots in a row before halting",
+            ("--startretries",)),
+)
+
+INTERCEPT: tuple[Setting, ...] = (
+    Setting("interceptd", "filter", None, text,
+            "BPF for the target's answers, e.g. 'tcp and src host T and src port 8080' (required)",
+            ("-F", "--filter")),
+    Setting("interceptd", "interfaces", ("any",), word_list, "capture interfaces", ("-i", "--interface")),
+    Setting("interceptd", "bind", "0.0.0.0", text, "address to publish on", ("-b", "--bind")),
+    Setting("interceptd", "port", 36524, integer(1, 65535), "port to publish on", ("-p", "--port")),
+    Setting("interceptd", "capture_buffer_mb", 32, integer(4, 2048), "capture ring per interface, MiB",
+            ("-B", "--buffer-mb")),
+    Setting("interceptd", "log_level", "info", choice(*LOG_LEVELS), "log level",
+            ("--log-level",)),
+)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def render_sample(table: tuple[Setting, ...], title: str, examples: dict[str, Any]) -> str:
+    """The sample configuration file: every key, commented, with its default, range and flag."""
+    lines = [f"# {title}", "# Every key is listed with its default; command-line flags override this file.", ""]
+    section = None
+    for s in table:
+        if s.section != section:
+            section = s.section
+            lines += [f"[{section}]"] if section == table[0].section else ["", f"[{section}]"]
+        notes = [s.help]
+        rng = getattr(s.check, "range", None)
+        if rng:
+            notes.append(f"range {rng}")
+        if s.flags:
+            notes.append(f"flag {' / '.join(s.flags)}")
+        if s.live:
+            notes.append("changes live on SIGHUP")
+        lines.append("# " + "; ".join(notes))
+        if s.default is None:
+            lines.append(f"{s.key} = {_toml_value(examples[s.name])}")
+        else:
+            lines.append(f"# {s.key} = {_toml_value(s.default)}")
+    return "\n".join(lines) + "\n"
