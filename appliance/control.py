@@ -10,7 +10,7 @@ Frames are wire.encode_json(KIND_CONTROL, ...)::
 Commands: status, stop, pause, resume, set {"name": "sample-rate"|"log-level", "value": ...}.
 Handlers answer from state the supervisor already holds (its child table, each child's last
 heartbeat, psutil samples); they never ask a worker, so `status` works while workers are saturated.
-The status document is described in docs/status.md.
+The status document is described, field by field, in appliance/status_schema.py.
 """
 
 from __future__ import annotations

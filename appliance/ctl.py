@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="processes, counters, rates and the loss funnel")
-    st.add_argument("--json", action="store_true", help="the status document (docs/status.md)")
+    st.add_argument("--json", action="store_true", help="the status document (fields: appliance/status_schema.py)")
     st.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                     help="refresh every SECONDS (default 2) until interrupted")
     sub.add_parser("stop", help="stop tcpcopyd (same path as SIGTERM)")
