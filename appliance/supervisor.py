@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import setproctitle
 import zmq
 
 from appliance import wire
@@ -104,6 +105,7 @@ class Supervisor:
 
     # ---- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
+        setproctitle.setproctitle(f"tcpcopyd: supervisor {self.config.run_dir}")
         os.makedirs(self.config.run_dir, mode=0o700, exist_ok=True)
         self.ctx = zmq.Context()
         self.ctl = self._bind(zmq.ROUTER, wire.control_endpoint(self.config.run_dir))

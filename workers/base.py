@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import setproctitle
 import zmq
 
 from appliance import wire
+from appliance.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +77,7 @@ class Worker:
 
     def run(self) -> int:
         """This is the child's whole life: set up, loop until told to stop, clean up."""
-        try:
-            import setproctitle
-            setproctitle.setproctitle(self.title)
-        except ImportError:
-            pass
+        setproctitle.setproctitle(self.title)
         if self.cpus:
             os.sched_setaffinity(0, self.cpus)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -141,7 +139,7 @@ class Worker:
 
 def child_main(factory: Callable[[], Worker]) -> None:
     """Entry point of a spawned child: logging, run, exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    setup_logging()
     try:
         code = factory().run()
     except Exception:

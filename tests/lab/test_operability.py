@@ -130,6 +130,17 @@ def test_sigterm_under_load_exits_zero_and_leaves_nothing(rig, lab):
     assert "summary:" in (rig.dir / "tcpcopyd.log").read_text()
 
 
+def test_children_exit_when_the_supervisor_dies(rig):
+    rig.start()
+    status = rig.status()
+    pids = [ch["pid"] for ch in status["children"]]
+    os.kill(status["supervisor"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(_pid_exists(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _pid_exists(pid)], "orphaned children kept running"
+
+
 def test_status_json_follows_its_schema_and_the_funnel_adds_up(rig):
     rig.start()
     rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
