@@ -45,6 +45,8 @@ class RewriteSpec:
     engine: EngineParams = field(default_factory=EngineParams)
     cpus: tuple[int, ...] = ()
     sample_rate: float = 1.0
+    client_pool: tuple[str, ...] = ()
+    copies: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class OnlineConfig:
     pin_cpus: bool = True
     buffer_bytes: int = 128 << 20
     sample_rate: float = 1.0
+    client_pool: tuple[str, ...] = ()
+    copies: int = 1
     log_level: str = "info"
     metrics_listen: str = ""
     graceful_timeout: float = 5.0
@@ -146,7 +150,8 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         transfers=transfers, intercepts=v["tcpcopyd.intercepts"], interfaces=v["tcpcopyd.interfaces"],
         bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)), workers=v["tcpcopyd.workers"],
         run_dir=v["tcpcopyd.run_dir"], engine=engine, pin_cpus=v["tcpcopyd.pin_cpus"],
-        buffer_bytes=v["tcpcopyd.capture_buffer_mb"] << 20, sample_rate=v["tcpcopyd.sample_rate"],
+        buffer_bytes=v["tcpcopyd.capture_buffer_mb"] << 20, sample_rate=v["tcpcopyd.sample_percent"] / 100,
+        client_pool=v["tcpcopyd.client_pool"], copies=v["tcpcopyd.copies"],
         log_level=v["tcpcopyd.log_level"], metrics_listen=v["tcpcopyd.metrics_listen"],
         graceful_timeout=v["supervisor.graceful_timeout"], startsecs=v["supervisor.startsecs"],
         startretries=v["supervisor.startretries"], source=source)

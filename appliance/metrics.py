@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from appliance.observe import GAUGES
+
 log = logging.getLogger(__name__)
 
-GAUGES = {"sessions_active", "sessions_tracked", "buffered_bytes", "largest_packet",
-          "capture_latency_max_ms", "intercepts_seen"}
 REQUEST_LIMIT = 8192
 CLIENT_TIMEOUT = 0.2
 

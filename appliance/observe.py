@@ -14,6 +14,9 @@ from typing import Any
 import psutil
 
 RATE_WINDOW = 10.0
+# counters that are levels, not totals: not summed across a child's incarnations, gauges in Prometheus
+GAUGES = frozenset({"sessions_active", "sessions_tracked", "buffered_bytes", "largest_packet",
+                    "capture_latency_max_ms", "intercepts_seen", "client_tuples_in_use"})
 RATE_COUNTERS = {
     "capture": ("captured", "bytes", "kernel_drops", "queue_drops"),
     "rewrite": ("client_segments", "packets_sent", "bytes_sent", "sessions_started", "sessions_completed",
@@ -59,9 +62,7 @@ class ChildView:
     def died(self) -> None:
         """The live incarnation is gone: keep its counters, count the sessions it held."""
         self.sessions_lost += int(self.last.get("sessions_active", 0))
-        gauges = {"sessions_active", "sessions_tracked", "buffered_bytes", "largest_packet",
-                  "capture_latency_max_ms", "intercepts_seen"}
-        add_counters(self.retired, {k: v for k, v in self.last.items() if k not in gauges})
+        add_counters(self.retired, {k: v for k, v in self.last.items() if k not in GAUGES})
         self.last = {}
         self.beat_at = None
         self._proc = None

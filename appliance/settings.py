@@ -115,6 +115,25 @@ def listen_address(value: Any) -> str:
     return value
 
 
+def client_pool(value: Any) -> tuple[str, ...]:
+    """Addresses from CIDRs, 'a.b.c.x' (hosts .1-.254) or single addresses; () for none."""
+    if value in ((), [], ""):
+        return ()
+    out: list[str] = []
+    for item in word_list(value):
+        if item.endswith(".x"):
+            item = item[:-2] + ".0/24"
+        try:
+            net = ipaddress.IPv4Network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 address, network or a.b.c.x") from None
+        hosts = [str(h) for h in net.hosts()] if net.num_addresses > 1 else [str(net.network_address)]
+        out += hosts
+        if len(out) > 65536:
+            raise ValueError("more than 65536 addresses")
+    return tuple(dict.fromkeys(out))
+
+
 def transfers(value: Any) -> str:
     from appliance.transfer import parse_transfers
     specs = parse_transfers(text(value))
@@ -146,8 +165,14 @@ ONLINE: tuple[Setting, ...] = (
             ("--run-dir",)),
     Setting("tcpcopyd", "log_level", "info", choice(*LOG_LEVELS), "log level",
             ("--log-level",), live=True),
-    Setting("tcpcopyd", "sample_rate", 1.0, number(0.0, 1.0),
-            "share of new sessions replayed, chosen by client address and port", ("--sample-rate",), live=True),
+    Setting("tcpcopyd", "sample_percent", 100.0, number(0.0, 100.0),
+            "percentage of new sessions replayed, chosen by client address and port", ("-r", "--sample-percent"),
+            live=True),
+    Setting("tcpcopyd", "client_pool", (), client_pool,
+            "rewrite client addresses into this pool (CIDR, a.b.c.x or a list); the target's route must "
+            "cover it; empty: keep the clients' own", ("-c", "--client-pool")),
+    Setting("tcpcopyd", "copies", 1, integer(1, 1000),
+            "send every session this many times, each copy from its own client (ip, port)", ("-n", "--copies")),
     Setting("tcpcopyd", "metrics_listen", "", listen_address,
             "Prometheus endpoint HOST:PORT; empty: off", ("--metrics-listen",)),
     Setting("session", "mtu", 1500, integer(576, 65535), "largest packet sent to the target", ("-M", "--mtu")),

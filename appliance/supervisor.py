@@ -95,7 +95,8 @@ class Supervisor:
             return Child(role, index, entry, spec_to_json(spec), cpus, Lifecycle(c.startsecs, c.startretries))
 
         for k in range(n):   # rewrite workers bind their queues, so they go first
-            spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k], c.sample_rate)
+            spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k], c.sample_rate, c.client_pool,
+                               c.copies)
             self.children.append(child("rewrite", k, "workers.rewrite:main", spec, rews[k]))
         self.children.append(child("responses", 0, "workers.responses:main",
                                    ResponsesSpec(n, c.run_dir, c.intercepts, resp[0]), resp[0]))
@@ -286,7 +287,7 @@ class Supervisor:
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded: %s", exc)
             return
-        self.set_runtime(sample_rate=values["tcpcopyd.sample_rate"], log_level=values["tcpcopyd.log_level"])
+        self.set_runtime(sample_rate=values["tcpcopyd.sample_percent"] / 100, log_level=values["tcpcopyd.log_level"])
 
     def _record_signal(self, signum: int, frame: object) -> None:
         self._signals.append(signum)

@@ -21,7 +21,8 @@ from appliance import wire
 from appliance.config import RewriteSpec, spec_from_json
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
-from appliance.packet import MalformedPacket, build_ipv4_tcp, int_to_ip, parse_ipv4_tcp
+from appliance.engine.clientmap import ClientMap
+from appliance.packet import MalformedPacket, build_ipv4_tcp, int_to_ip, ip_to_int, parse_ipv4_tcp
 from appliance.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 
@@ -38,7 +39,8 @@ class RewriteWorker(Worker):
         super().__init__(spec.index, spec.run_dir, spec.cpus,
                          f"tcpcopyd: rewrite {spec.index}/{spec.shards}")
         self.spec = spec
-        self.table = SessionTable(spec.engine)
+        pool = tuple(ip_to_int(a) for a in spec.client_pool)
+        self.table = SessionTable(spec.engine, clients=ClientMap(spec.index, spec.shards, pool, spec.copies))
         self.table.sample_rate = spec.sample_rate
         self.transfers = TransferMap(parse_transfers(spec.transfers))
         self.bad_frames = 0
@@ -155,6 +157,7 @@ class RewriteWorker(Worker):
         out: dict[str, Any] = self.table.counters.as_dict()
         out.update({
             "sessions_active": self.table.active(), "sessions_tracked": len(self.table.sessions),
+            "client_tuples_in_use": len(self.table.clients), "client_tuples_exhausted": self.table.clients.exhausted,
             "buffered_bytes": self.table.buffered_bytes(), "packets_sent": self.packets_sent,
             "send_errors": dict(self.send_errors), "bad_frames": self.bad_frames,
             "malformed": self.malformed, "no_transfer": self.no_transfer,

@@ -10,6 +10,9 @@ from __future__ import annotations
 import heapq
 import itertools
 
+import dataclasses
+
+from appliance.engine.clientmap import ClientMap
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.session import INF, Emit, Key, Session, State
 from appliance.packet import ACK, RST, SYN, TcpSegment, seq_diff
@@ -19,9 +22,11 @@ MIN_TIMER_STEP = 0.0005    # seconds
 
 
 class SessionTable:
-    def __init__(self, params: EngineParams | None = None, counters: EngineCounters | None = None) -> None:
+    def __init__(self, params: EngineParams | None = None, counters: EngineCounters | None = None,
+                 clients: ClientMap | None = None) -> None:
         self.params = params or EngineParams()
         self.counters = counters or EngineCounters()
+        self.clients = clients if clients is not None else ClientMap(0, 1)
         self.sessions: dict[Key, Session] = {}
         self._out: list[Emit] = []
         self._dirty: dict[Key, Session] = {}
@@ -35,12 +40,24 @@ class SessionTable:
     # ---- events -----------------------------------------------------------------------------
     def client_segment(self, seg: TcpSegment, target_ip: int, target_port: int, now: float,
                        t_capture: float | None = None) -> None:
-        """A captured client->service segment, already mapped to its target."""
+        """A captured client->service segment, already mapped to its target.
+
+        Each copy of the connection (see ClientMap: a client pool, several copies) is a session
+        of its own, under the client address that copy uses.
+        """
+        self.counters.client_segments += 1
+        t = now if t_capture is None else t_capture
+        if self.clients.identity:
+            self._client_copy(seg, target_ip, target_port, now, t)
+            return
+        new = bool(seg.flags & SYN and not seg.flags & ACK)
+        for ip, port in self.clients.tuples(seg.src_ip, seg.src_port, target_ip, target_port, new):
+            self._client_copy(dataclasses.replace(seg, src_ip=ip, src_port=port), target_ip, target_port, now, t)
+
+    def _client_copy(self, seg: TcpSegment, target_ip: int, target_port: int, now: float, t: float) -> None:
         c = self.counters
-        c.client_segments += 1
         key = (seg.src_ip, seg.src_port, target_ip, target_port)
         sess = self.sessions.get(key)
-        t = now if t_capture is None else t_capture
         if key in self._skipped and not (seg.flags & SYN and not seg.flags & ACK):
             self._skipped[key] = now
             c.client_skipped += 1
@@ -107,6 +124,7 @@ class SessionTable:
                 self._arm(sess, not_before=now + MIN_TIMER_STEP)
             else:
                 del self.sessions[key]
+                self.clients.release(key)
         self.flush(now)
 
     def next_deadline(self) -> float:
@@ -157,6 +175,7 @@ class SessionTable:
         horizon = now - self.params.keepalive_timeout
         for key in [k for k, seen in self._skipped.items() if seen < horizon]:
             del self._skipped[key]
+            self.clients.release(key)
 
     def _new(self, key: Key, now: float) -> Session:
         self.counters.sessions_started += 1

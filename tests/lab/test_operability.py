@@ -196,7 +196,7 @@ def test_sighup_reloads_live_settings_and_metrics_endpoint_serves_counters(lab, 
                                     "'http://127.0.0.1:9466/metrics', timeout=5).read().decode())"])
         assert 'tcpcopy_rewrite_sessions_started_total{index="0"}' in scrape.stdout
         assert 'tcpcopy_child_up{index="0",role="capture"} 1.0' in scrape.stdout
-        conf.write_text(conf.read_text() + 'sample_rate = 0.5\nlog_level = "debug"\n')
+        conf.write_text(conf.read_text() + 'sample_percent = 50\nlog_level = "debug"\n')
         rig.procs["tcpcopyd"].send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and rig.status()["runtime"]["sample_rate"] != 0.5:

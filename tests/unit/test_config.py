@@ -50,7 +50,8 @@ def test_flags_override_the_file(tmp_path):
 @pytest.mark.parametrize("body, words", [
     ('workers = 0', ["t.toml", "workers", "0", "1-64"]),
     ('workers = "two"', ["t.toml", "workers", "'two'", "whole number"]),
-    ('sample_rate = 1.5', ["t.toml", "sample_rate", "1.5", "0-1"]),
+    ('sample_percent = 150', ["t.toml", "sample_percent", "150", "0-100"]),
+    ('client_pool = ["198.18.1.x", "nonsense"]', ["client_pool", "'nonsense'", "a.b.c.x"]),
     ('pin_cpus = "maybe"', ["pin_cpus", "'maybe'", "true or false"]),
     ('metrics_listen = "localhost"', ["metrics_listen", "'localhost'", "HOST:PORT"]),
     ('transfr = "x"', ["t.toml", "unknown key", "transfr"]),
