@@ -72,8 +72,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from appliance.lab.demo import run_demo
-    return run_demo(args.prefix, duration=args.duration, offloads=args.offloads == "on")
+    from appliance.lab.demo import run_demo, run_postgres_demo
+    if args.service == "postgres":
+        return run_postgres_demo(args.prefix, duration=args.duration or 30.0)
+    return run_demo(args.prefix, duration=args.duration or 20.0, offloads=args.offloads == "on")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -103,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", parents=[common], help="verify the lab's contract")
     check.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", parents=[common], help="run the end-to-end demonstration")
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds of client load (default 20)")
+    demo.add_argument("--service", choices=("http", "postgres"), default="http",
+                      help="what the client talks to: the HTTP service (default) or PostgreSQL with pgbench")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds of client load (default 20 for http, 30 for postgres)")
     demo.add_argument("--offloads", choices=("on", "off"), default="on")
     return parser
 

@@ -68,7 +68,7 @@ def test_pgbench_replays_exactly_with_ssl_negotiation(lab, clusters, tmp_path):
         assert rewrite["turns_lagged"] == 0, "at this rate every turn waits for the target's answer"
         # flat out: sessions faster than the answer loop fall back to pipelining past max_lag,
         # which PostgreSQL accepts once the session is started; the history still matches
-        run = online.client("pgbench", "-c", "4", "-T", "6", "-n", "postgres", from_host="client", timeout=60)
+        run = online.client("pgbench", "-c", "8", "-T", "8", "-n", "postgres", from_host="client", timeout=60)
         assert "number of failed transactions: 0" in run.stdout, run.stdout
         expected, got = _wait_for_history(online, target)
         assert got == expected, f"target history {got} != online {expected}"
