@@ -3,6 +3,7 @@
     tcpcopyctl status [--json] [--watch [SECONDS]]
     tcpcopyctl pause | resume | stop
     tcpcopyctl set sample-rate 0.25 | set log-level debug
+    tcpcopyctl doctor --role online|target|assistant [--client IP --assistant IP ...]
 
 Exit codes of `status` follow LSB: 0 running, 3 not running, 4 unknown/unreachable.
 """
@@ -132,11 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("set", help="change a runtime setting")
     st.add_argument("name", choices=("sample-rate", "log-level"))
     st.add_argument("value")
+    dr = sub.add_parser("doctor", help="check this host's set-up for its role; print fixes")
+    dr.add_argument("--role", required=True, choices=("online", "target", "assistant"))
+    dr.add_argument("--client", default="198.18.0.1", help="a client address (or one of the -c pool)")
+    dr.add_argument("--assistant", default="198.18.0.4", help="the assistant host's address")
+    dr.add_argument("--target", default="198.18.0.3", help="the target host's address")
+    dr.add_argument("--intercept", default="198.18.0.4", help="interceptd address(es) HOST[:PORT][,...]")
+    dr.add_argument("--interface", default="eth0", help="the capture interface")
+    dr.add_argument("--json", action="store_true")
     return p
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from appliance.doctor import LocalProbe, report, run_checks
+    findings = run_checks(args.role, LocalProbe(), args.client, args.assistant, args.target,
+                          [a for a in args.intercept.split(",") if a], args.interface)
+    print(json.dumps([asdict(f) for f in findings], indent=2) if args.json else report(findings))
+    return 0 if all(f.ok for f in findings) else EXIT_REFUSED
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return doctor(args)
     if not os.path.exists(os.path.join(args.run_dir, "ctl")):
         print(f"tcpcopyd is not running (no control socket in {args.run_dir})", file=sys.stderr)
         return LSB_NOT_RUNNING
