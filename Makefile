@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 # gcc and python3-dev: pypcap ships no Linux wheel, pip builds it against libpcap-dev.
-APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv procps gcc python3-dev postgresql
+APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv procps gcc python3-dev postgresql iptables
 
 .PHONY: setup test demo lab-down
 

@@ -54,6 +54,7 @@ class RewriteWorker(Worker):
         self.capture_latency_max = 0.0
         self._ip_text: dict[int, str] = {}
         self._handshakes_warned = 0
+        self._unmatched_warned = 0
         self._next_handshake_warning = 0.0
 
     def setup(self) -> None:
@@ -186,6 +187,13 @@ class RewriteWorker(Worker):
                 "'ip route get CLIENT_IP' must go via the assistant; on the assistant: ip_forward=0 and "
                 "interceptd's -F must match 'src host TARGET and src port PORT'); a refusal means nothing "
                 "listens on the target port", c.handshake_timeouts, c.handshake_refused)
+            if c.responses_unmatched > self._unmatched_warned + 10:
+                log.warning(
+                    "%d response headers matched no session: interceptd sees the target's answers come from "
+                    "addresses tcpcopyd never sent to. Is there NAT between tcpcopyd and the target (a published "
+                    "container port)? Route the answers through the NAT host, and filter interceptd on the "
+                    "published address (README, 'Containers')", c.responses_unmatched)
+                self._unmatched_warned = c.responses_unmatched
             self._handshakes_warned = failed
             self._next_handshake_warning = now + 10.0
 

@@ -122,13 +122,14 @@ class Lab:
         return [self.bridge_namespace, *(self.namespace(h) for h in HOSTS)]
 
     def present(self) -> list[str]:
-        """Those of our namespaces that currently exist."""
-        existing = set(list_namespaces())
-        return [ns for ns in self.all_namespaces if ns in existing]
+        """Those of our namespaces that currently exist, extensions (e.g. the docker host) included."""
+        existing = list_namespaces()
+        ours = [ns for ns in self.all_namespaces if ns in existing]
+        return ours + sorted(ns for ns in existing if ns.startswith(f"{self.prefix}-") and ns not in ours)
 
     def exists(self) -> bool:
         """True when all five namespaces exist (says nothing about their health; see check())."""
-        return len(self.present()) == len(self.all_namespaces)
+        return set(self.all_namespaces) <= set(self.present())
 
 
     def up(self, offloads: bool = True) -> None:

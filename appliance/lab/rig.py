@@ -42,12 +42,24 @@ class Verdict:
         return max(0.0, self.last_target_close - self.load_ended)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the target service and interceptd run (a lab host, or an extension namespace such as
+    the docker host's containers), and the addresses tcpcopyd is given for them."""
+
+    target_host: str = "target"
+    target_bind: str = ADDR["target"]
+    assistant_host: str = "assistant"
+    send_to: str | None = None          # IP:PORT tcpcopyd sends copies to; default target_bind:port
+    intercept: str = ADDR["assistant"]
+
+
 class ReplicationRig:
     """Online and target HTTP services, interceptd on the assistant, tcpcopyd on the online host."""
 
     def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0, port: int = SERVICE_PORT,
                  tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = (),
-                 intercept_filter: str | None = None) -> None:
+                 intercept_filter: str | None = None, placement: Placement = Placement()) -> None:
         self.lab = lab
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -57,14 +69,16 @@ class ReplicationRig:
         self.target_delay_ms = target_delay_ms
         self.port = port
         self.tcpcopyd_args = tcpcopyd_args
-        self.intercept_filter = intercept_filter or f"tcp and src host {ADDR['target']} and src port {port}"
-        self.intercepts = ",".join((ADDR["assistant"], *extra_intercepts))
+        self.place = placement
+        self.intercept_filter = intercept_filter or f"tcp and src host {placement.target_bind} and src port {port}"
+        self.intercepts = ",".join((placement.intercept, *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
 
     # ---- processes --------------------------------------------------------------------------
     def _start(self, name: str, host: str, argv: list[str], ready: str | None = None) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "w")
-        proc = self.lab.popen(host, argv, stdout=subprocess.PIPE if ready else log, stderr=log, text=True)
+        argv = ["ip", "netns", "exec", f"{self.lab.prefix}-{host}", *argv]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE if ready else log, stderr=log, text=True)
         log.close()
         self.procs[name] = proc
         if ready:
@@ -76,19 +90,22 @@ class ReplicationRig:
 
     def start_services(self) -> None:
         py = sys.executable
-        for host, rec in (("online", self.online_rec), ("target", self.target_rec)):
-            argv = [py, "-m", "appliance.lab.httpservice", "--bind", ADDR[host], "--port", str(self.port),
+        for role, host, bind, rec in (("online", "online", ADDR["online"], self.online_rec),
+                                      ("target", self.place.target_host, self.place.target_bind, self.target_rec)):
+            argv = [py, "-m", "appliance.lab.httpservice", "--bind", bind, "--port", str(self.port),
                     "--record", str(rec)]
-            if host == "target" and self.target_delay_ms:
+            if role == "target" and self.target_delay_ms:
                 argv += ["--delay-ms", str(self.target_delay_ms)]
-            self._start(f"{host}-http", host, argv, ready="LISTENING")
+            self._start(f"{role}-http", host, argv, ready="LISTENING")
 
     def start_interceptd(self) -> None:
-        self._start("interceptd", "assistant", [_bin("interceptd"), "-i", "eth0", "-F", self.intercept_filter])
+        self._start("interceptd", self.place.assistant_host,
+                    [_bin("interceptd"), "-i", "eth0", "-F", self.intercept_filter])
 
     def start_tcpcopyd(self) -> None:
         self._start("tcpcopyd", "online", [
-            _bin("tcpcopyd"), "-x", f"{ADDR['online']}:{self.port}-{ADDR['target']}:{self.port}",
+            _bin("tcpcopyd"), "-x",
+            f"{ADDR['online']}:{self.port}-{self.place.send_to or f'{self.place.target_bind}:{self.port}'}",
             "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir, *self.tcpcopyd_args])
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
