@@ -55,6 +55,8 @@ class ResponsesSpec:
     run_dir: str
     intercepts: tuple[str, ...]
     cpus: tuple[int, ...] = ()
+    secret_key: str = ""                 # empty: plaintext (insecure = true)
+    intercept_public_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,9 @@ class OnlineConfig:
     startsecs: float = 1.0
     startretries: int = 3
     source: str = "command line"
+    control_group: str = ""
+    secret_key: str = ""                 # empty: plaintext to interceptd (insecure = true)
+    intercept_public_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,8 @@ class InterceptConfig:
     buffer_bytes: int = 32 << 20
     batch_max: int = 512
     log_level: str = "info"
+    secret_key: str = ""                 # empty: plaintext (insecure = true)
+    authorized_keys: str = ""
 
 
 Values = dict[str, Any]              # "section.key" -> value
@@ -154,14 +161,33 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         client_pool=v["tcpcopyd.client_pool"], copies=v["tcpcopyd.copies"],
         log_level=v["tcpcopyd.log_level"], metrics_listen=v["tcpcopyd.metrics_listen"],
         graceful_timeout=v["supervisor.graceful_timeout"], startsecs=v["supervisor.startsecs"],
-        startretries=v["supervisor.startretries"], source=source)
+        startretries=v["supervisor.startretries"], source=source, control_group=v["tcpcopyd.control_group"],
+        **_curve_client(v))
+
+
+def _curve_client(v: Values) -> dict[str, str]:
+    """The key files of tcpcopyd's side, checked now so a missing key stops the start."""
+    if v["security.insecure"]:
+        return {"secret_key": "", "intercept_public_key": ""}
+    from appliance.curve import load_public, load_secret
+    load_secret(v["security.secret_key"], "[security] secret_key")
+    load_public(v["security.intercept_public_key"], "[security] intercept_public_key")
+    return {"secret_key": v["security.secret_key"], "intercept_public_key": v["security.intercept_public_key"]}
 
 
 def intercept_config(v: Values) -> InterceptConfig:
+    secret = authorized = ""
+    if not v["security.insecure"]:
+        from appliance.curve import load_secret
+        secret, authorized = v["security.secret_key"], v["security.authorized_keys"]
+        load_secret(secret, "[security] secret_key")
+        if not os.path.isdir(authorized):
+            raise ConfigError(f"[security] authorized_keys = {authorized!r}: no such directory of tcpcopyd "
+                              "public keys (or set insecure = true for a lab)")
     return InterceptConfig(interfaces=v["interceptd.interfaces"], bpf=v["interceptd.filter"],
                            bind=v["interceptd.bind"], port=v["interceptd.port"],
                            buffer_bytes=v["interceptd.capture_buffer_mb"] << 20,
-                           log_level=v["interceptd.log_level"])
+                           log_level=v["interceptd.log_level"], secret_key=secret, authorized_keys=authorized)
 
 
 SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ResponsesSpec)}

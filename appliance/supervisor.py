@@ -9,6 +9,7 @@ then the responses relay, then the rewrite workers (which reset their sessions o
 
 from __future__ import annotations
 
+import grp
 import logging
 import multiprocessing
 import os
@@ -99,7 +100,8 @@ class Supervisor:
                                c.copies)
             self.children.append(child("rewrite", k, "workers.rewrite:main", spec, rews[k]))
         self.children.append(child("responses", 0, "workers.responses:main",
-                                   ResponsesSpec(n, c.run_dir, c.intercepts, resp[0]), resp[0]))
+                                   ResponsesSpec(n, c.run_dir, c.intercepts, resp[0], c.secret_key,
+                                                 c.intercept_public_key), resp[0]))
         for i, iface in enumerate(c.interfaces):
             spec_c = CaptureSpec(i, iface, c.bpf, n, c.run_dir, caps[i], buffer_bytes=c.buffer_bytes)
             self.children.append(child("capture", i, "workers.capture:main", spec_c, caps[i]))
@@ -110,7 +112,7 @@ class Supervisor:
         os.makedirs(self.config.run_dir, mode=0o700, exist_ok=True)
         self.ctx = zmq.Context()
         self.ctl = self._bind(zmq.ROUTER, wire.control_endpoint(self.config.run_dir))
-        os.chmod(os.path.join(self.config.run_dir, "ctl"), 0o600)
+        self._protect_control_socket()
         self.stats = self._bind(zmq.SUB, wire.stats_endpoint(self.config.run_dir))
         self.stats.setsockopt(zmq.SUBSCRIBE, b"")
         self.settings = self._bind(zmq.PUB, wire.settings_endpoint(self.config.run_dir))
@@ -147,6 +149,19 @@ class Supervisor:
                 except FileNotFoundError:
                     pass
         return self.exit_code
+
+    def _protect_control_socket(self) -> None:
+        """Only root, or members of control_group, may talk to the control socket."""
+        path = os.path.join(self.config.run_dir, "ctl")
+        group = self.config.control_group
+        if not group:
+            os.chmod(path, 0o600)
+            return
+        gid = grp.getgrnam(group).gr_gid
+        os.chown(self.config.run_dir, -1, gid)
+        os.chmod(self.config.run_dir, 0o750)
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)

@@ -17,7 +17,7 @@ from typing import Any
 import pcap
 import zmq
 
-from appliance import wire
+from appliance import curve, wire
 from appliance.config import InterceptConfig
 from appliance.packet import link_header_len
 
@@ -49,9 +49,11 @@ class Intercept:
             self.kernel_drops = sum(h.stats()[1] for h in self.handles)
         except OSError:
             pass
+        checker = getattr(self, "checker", None)
         return {"captured": self.captured, "published": self.published, "not_ip": self.not_ip,
                 "malformed": self.malformed, "batches": self.batches, "kernel_drops": self.kernel_drops,
-                "subscribers": self.subscribers}
+                "subscribers": self.subscribers, "keys_accepted": checker.accepted if checker else 0,
+                "keys_refused": checker.refused if checker else 0}
 
     def _stats_frame(self) -> bytes:
         return wire.encode_json(wire.KIND_STATS, {
@@ -106,15 +108,23 @@ class Intercept:
         pub = ctx.socket(zmq.PUB)
         pub.linger = 0
         pub.sndhwm = PUB_HWM
+        checker = None
+        if c.secret_key:
+            checker = curve.KeyChecker(ctx, c.authorized_keys)
+            curve.make_server(pub, c.secret_key)
+        self.checker = checker
         monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         pub.bind(f"tcp://{c.bind}:{c.port}")
         self.builder = wire.BatchBuilder(wire.KIND_RESPONSES, self.instance)
         poller = zmq.Poller()
         poller.register(monitor, zmq.POLLIN)
+        if checker is not None:
+            poller.register(checker.socket, zmq.POLLIN)
         for h in self.handles:
             poller.register(h.fileno(), zmq.POLLIN)
-        log.info("interceptd %08x on %s, filter %r, publishing on tcp://%s:%d", self.instance,
-                 ",".join(c.interfaces), c.bpf, c.bind, c.port)
+        log.info("interceptd %08x on %s, filter %r, publishing on tcp://%s:%d (%s)", self.instance,
+                 ",".join(c.interfaces), c.bpf, c.bind, c.port,
+                 "CURVE, keys from " + c.authorized_keys if c.secret_key else "plaintext, anyone may subscribe")
         next_summary = time.monotonic() + SUMMARY_INTERVAL
         next_stats = 0.0
         try:
@@ -130,8 +140,11 @@ class Intercept:
                             self.batches += 1
                         if n < c.batch_max:
                             break
-                if dict(poller.poll(POLL_MS)).get(monitor):
+                ready = dict(poller.poll(POLL_MS))
+                if ready.get(monitor):
                     self._on_monitor(monitor)
+                if checker is not None and ready.get(checker.socket):
+                    checker.handle()
                 now = time.monotonic()
                 if now >= next_stats:
                     next_stats = now + STATS_INTERVAL
@@ -144,6 +157,8 @@ class Intercept:
             pub.disable_monitor()
             monitor.close(linger=0)
             pub.close(linger=0)
+            if checker is not None:
+                checker.stop()
             ctx.term()
         return 0
 

@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from appliance import wire
+from appliance import curve, wire
 from appliance.config import ResponsesSpec, spec_from_json
 from appliance.flowkey import shard_of
 from appliance.packet import server_key_of
@@ -39,10 +40,17 @@ class ResponsesWorker(Worker):
         self.intercept_restarts = 0
         self._expected: dict[int, int] = {}   # interceptd instance id -> next batch seq
         self.intercepts: dict[str, dict[str, Any]] = {}   # interceptd instance -> its last stats
+        self.handshakes = 0
+        self.handshake_failures = 0
 
     def setup(self) -> None:
         self.sub = self.socket(zmq.SUB, hwm=100_000)
+        if self.spec.secret_key:
+            curve.make_client(self.sub, self.spec.secret_key, self.spec.intercept_public_key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.monitor = self.sub.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.sub.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         for address in self.spec.intercepts:
@@ -51,9 +59,11 @@ class ResponsesWorker(Worker):
         self.pushes = [self.socket(zmq.PUSH, connect=wire.responses_endpoint(self.run_dir, k), hwm=4096)
                        for k in range(self.spec.shards)]
         self.builders = [wire.BatchBuilder(wire.KIND_RESPONSES, 0) for _ in range(self.spec.shards)]
-        log.info("responses: subscribed to %s", ", ".join(self.spec.intercepts))
+        log.info("responses: subscribed to %s (%s)", ", ".join(self.spec.intercepts),
+                 "CURVE" if self.spec.secret_key else "plaintext, unauthenticated")
 
     def step(self, now: float) -> None:
+        self._on_monitor()
         if not self.sub.poll(POLL_MS):
             return
         for _ in range(DRAIN_LIMIT):
@@ -92,6 +102,22 @@ class ResponsesWorker(Worker):
             self.headers += 1
             self.builders[shard_of(key[0], key[1], shards)].add(ts_ns, packet)
 
+    def _on_monitor(self) -> None:
+        """Count CURVE handshakes with interceptds: a failure is a publisher without the right key."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshakes += 1
+            else:
+                self.handshake_failures += 1
+
+    def shutdown(self) -> None:
+        self.sub.disable_monitor()
+        self.monitor.close(linger=0)
+
     def _on_intercept_stats(self, frame: bytes) -> None:
         try:
             obj = wire.decode_json(frame, wire.KIND_STATS)
@@ -121,6 +147,7 @@ class ResponsesWorker(Worker):
             "headers": self.headers, "bad_frames": self.bad_frames, "malformed": self.malformed,
             "queue_drops": self.queue_drops, "batches_lost": self.batches_lost,
             "intercepts_seen": len(self._expected), "intercept_restarts": self.intercept_restarts,
+            "intercept_handshakes": self.handshakes, "intercept_handshake_failures": self.handshake_failures,
             "intercepts": {k: dict(v, age=round(time.time() - v["received"], 1))
                            for k, v in self.intercepts.items()},
         }

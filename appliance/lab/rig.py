@@ -73,6 +73,11 @@ class ReplicationRig:
         self.intercept_filter = intercept_filter or f"tcp and src host {placement.target_bind} and src port {port}"
         self.intercepts = ",".join((placement.intercept, *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
+        self.keys = self.dir / "keys"
+        if not (self.keys / "interceptd.key").exists():
+            from appliance.curve import keygen
+            keygen(str(self.keys), "interceptd")
+            keygen(str(self.keys / "authorized"), "tcpcopyd")
 
     # ---- processes --------------------------------------------------------------------------
     def _start(self, name: str, host: str, argv: list[str], ready: str | None = None) -> subprocess.Popen:
@@ -100,13 +105,17 @@ class ReplicationRig:
 
     def start_interceptd(self) -> None:
         self._start("interceptd", self.place.assistant_host,
-                    [_bin("interceptd"), "-i", "eth0", "-F", self.intercept_filter])
+                    [_bin("interceptd"), "-i", "eth0", "-F", self.intercept_filter,
+                     "--secret-key", str(self.keys / "interceptd.key_secret"),
+                     "--authorized-keys", str(self.keys / "authorized")])
 
     def start_tcpcopyd(self) -> None:
         self._start("tcpcopyd", "online", [
             _bin("tcpcopyd"), "-x",
             f"{ADDR['online']}:{self.port}-{self.place.send_to or f'{self.place.target_bind}:{self.port}'}",
-            "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir, *self.tcpcopyd_args])
+            "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir,
+            "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),
+            "--intercept-public-key", str(self.keys / "interceptd.key"), *self.tcpcopyd_args])
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             status = self.status()

@@ -98,7 +98,8 @@ def test_worker_that_cannot_boot_halts_the_appliance(lab, tmp_path):
     started = time.monotonic()
     with open(log, "w") as err:
         proc = lab.popen("online", [_bin("tcpcopyd"), "-x", "8080-198.18.0.3:8080", "-s", ADDR["assistant"],
-                                    "-i", "nosuchif0", "--run-dir", str(tmp_path / "run")], stderr=err)
+                                    "-i", "nosuchif0", "--run-dir", str(tmp_path / "run"),
+                                    "--insecure", "true"], stderr=err)
         try:
             code = proc.wait(30)
         finally:

@@ -166,9 +166,13 @@ def _malformed_ip_batches(kind: int) -> list[bytes]:
 def test_malformed_frames_and_garbage_are_counted_not_fatal(rig_factory, lab):
     rig = rig_factory(extra_intercepts=(f"{ADDR['assistant']}:36600",))
     rig.start()
+    # a publisher holding interceptd's key (so tcpcopyd accepts it) that sends garbage
     fake = lab.popen("assistant", [sys.executable, "-c", (
-        "import zmq, time\n"
-        "ctx = zmq.Context(); s = ctx.socket(zmq.PUB); s.bind('tcp://0.0.0.0:36600')\n"
+        "import zmq, zmq.auth, time\n"
+        f"pub, sec = zmq.auth.load_certificate('{rig.keys / 'interceptd.key_secret'}')\n"
+        "ctx = zmq.Context(); s = ctx.socket(zmq.PUB)\n"
+        "s.curve_secretkey = sec; s.curve_publickey = pub; s.curve_server = True\n"
+        "s.bind('tcp://0.0.0.0:36600')\n"
         "end = time.time() + 4\n"
         "while time.time() < end:\n"
         "    for g in (b'garbage', b'\\x01\\x02\\x00\\x09xx', b''):\n"

@@ -33,7 +33,7 @@ def test_shipped_samples_list_every_key_and_match_the_table():
 
 
 def test_shipped_sample_loads_with_defaults():
-    values = load(ONLINE, str(CONF / "tcpcopy.toml"), parse([]))
+    values = load(ONLINE, str(CONF / "tcpcopy.toml"), parse(["--insecure", "true"]))
     config = online_config(values, "x")
     assert config.workers == 2 and config.engine.max_lag == 1.0 and config.sample_rate == 1.0
     assert "dst host 198.18.0.2" in config.bpf
@@ -96,3 +96,20 @@ def test_tcpcopyd_exits_with_the_config_code_and_message(tmp_path, capsys):
 def test_interceptd_config_errors_use_the_same_code(tmp_path, capsys):
     assert intercept_cli.main(["-F", "tcp", "-p", "70000"]) == EXIT_CONFIG
     assert "port = '70000'" in capsys.readouterr().err
+
+
+def test_missing_curve_keys_stop_the_start_with_a_hint(tmp_path):
+    values = load(ONLINE, None, parse(REQUIRED + ["--secret-key", str(tmp_path / "none.key_secret")]))
+    with pytest.raises(ConfigError, match=r"secret_key .*none.key_secret.*tcpcopyctl keygen"):
+        online_config(values, "x")
+
+
+def test_curve_keys_made_by_keygen_are_accepted(tmp_path):
+    from appliance.curve import keygen
+    keygen(str(tmp_path), "interceptd")
+    keygen(str(tmp_path), "tcpcopyd")
+    assert oct((tmp_path / "tcpcopyd.key_secret").stat().st_mode & 0o777) == "0o600"
+    values = load(ONLINE, None, parse(REQUIRED + ["--secret-key", str(tmp_path / "tcpcopyd.key_secret"),
+                                                  "--intercept-public-key", str(tmp_path / "interceptd.key")]))
+    config = online_config(values, "x")
+    assert config.secret_key.endswith("tcpcopyd.key_secret")
