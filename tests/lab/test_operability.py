@@ -152,6 +152,11 @@ def test_status_json_follows_its_schema_and_the_funnel_adds_up(rig):
     assert f["captured"] == f["queue_drops_capture"] + f["in_queues"] + f["handed_to_workers"]
     assert f["bytes_acked_by_target"] <= f["bytes_sent"]
     assert f["lost_at"] == []
+    deadline = time.monotonic() + 5       # interceptd reports once a second, relayed with a heartbeat
+    while time.monotonic() < deadline and not any(
+            i["counters"]["published"] for i in status["intercepts"].values()):
+        time.sleep(0.3)
+        status = rig.fresh_status()
     ic = status["intercepts"]
     assert len(ic) == 1
     (one,) = ic.values()
