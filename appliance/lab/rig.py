@@ -93,10 +93,12 @@ class ReplicationRig:
                 raise RuntimeError(f"{name} did not start: {line!r}; see {self.dir / (name + '.log')}")
         return proc
 
-    def start_services(self) -> None:
+    def start_services(self, which: tuple[str, ...] = ("online", "target")) -> None:
         py = sys.executable
         for role, host, bind, rec in (("online", "online", ADDR["online"], self.online_rec),
                                       ("target", self.place.target_host, self.place.target_bind, self.target_rec)):
+            if role not in which:
+                continue
             argv = [py, "-m", "appliance.lab.httpservice", "--bind", bind, "--port", str(self.port),
                     "--record", str(rec)]
             if role == "target" and self.target_delay_ms:

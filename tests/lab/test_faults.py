@@ -1,0 +1,163 @@
+"""Faults survived, in the lab under load: each process role killed, interceptd restarted, the target
+service restarted, the target's link down, packet loss on it, raw sends refused by the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.lab.netns import ADDR, Lab
+from appliance.lab.rig import ReplicationRig
+
+pytestmark = pytest.mark.lab
+
+MIX = ("mix", "--short", "1500", "--keepalive", "30", "--per-conn", "40", "--concurrency", "20")
+
+
+@pytest.fixture
+def rig(lab: Lab, tmp_path: Path) -> Iterator[ReplicationRig]:
+    made = ReplicationRig(lab, tmp_path / "rig")
+    try:
+        made.start()
+        yield made
+    finally:
+        made.close()
+
+
+def _load_in_background(lab: Lab, *args: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:8080", *args]
+    return lab.popen("client", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(load: subprocess.Popen) -> dict:
+    out, _ = load.communicate(timeout=180)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _child(status: dict, role: str) -> dict:
+    return next(ch for ch in status["children"] if ch["role"] == role)
+
+
+def _after_fault_all_complete(rig: ReplicationRig) -> None:
+    """New sessions after a fault replay byte-exact, every one."""
+    before = set(json.loads(line)["peer"] for line in rig.online_rec.read_text().splitlines())
+    rig.load("--seed", "9", "mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
+    v = rig.verdict({}, time.time())
+    online = {json.loads(line)["peer"]: json.loads(line) for line in rig.online_rec.read_text().splitlines()}
+    target = {}
+    for line in rig.target_rec.read_text().splitlines():
+        rec = json.loads(line)
+        target[rec["peer"]] = rec
+    fresh = [p for p in online if p not in before]
+    assert len(fresh) == 105
+    missing = [p for p in fresh if target.get(p, {}).get("sha256") != online[p]["sha256"]]
+    assert not missing, f"{len(missing)} sessions after the fault did not replay: {missing[:3]}"
+    assert v.status["supervisor"]["state"] == "running"
+
+
+@pytest.mark.parametrize("role", ["capture", "responses", "rewrite"])
+def test_kill_each_role_under_load(rig, lab, role):
+    load = _load_in_background(lab, *MIX)
+    time.sleep(0.8)
+    victim = _child(rig.status(), role)
+    os.kill(victim["pid"], signal.SIGKILL)
+    assert _finish(load)["errors"] == 0
+    status = rig.fresh_status()
+    assert _child(status, role)["restarts"] == 1 and _child(status, role)["state"] in ("running", "starting")
+    v = rig.verdict({}, time.time())
+    c = v.comparison
+    print(f"kill -9 {role}: {c.identical}/{c.sessions_online} sessions byte-exact, "
+          f"lost in restarts {v.status['funnel']['sessions_lost_in_restarts']}")
+    assert c.completeness_pct >= 80.0, c.summary()     # only what the dead process held is lost
+    rig.start_services()                                # verdict stopped them; the appliance is still up
+    _after_fault_all_complete(rig)
+
+
+def test_interceptd_restarted_under_load(rig, lab):
+    load = _load_in_background(lab, *MIX)
+    time.sleep(0.8)
+    rig.stop("interceptd")
+    time.sleep(1.0)
+    rig.start_interceptd()
+    assert _finish(load)["errors"] == 0
+    v = rig.verdict({}, time.time())
+    c = v.comparison
+    print(f"interceptd restart: {c.identical}/{c.sessions_online} sessions byte-exact")
+    assert c.completeness_pct >= 95.0, c.summary()
+    rig.start_services()
+    _after_fault_all_complete(rig)
+
+
+def test_target_service_restarted(rig, lab):
+    load = _load_in_background(lab, "mix", "--short", "0", "--keepalive", "20", "--per-conn", "200",
+                               "--concurrency", "20")
+    time.sleep(1.0)
+    rig.stop("target-http")
+    time.sleep(0.5)
+    rig.target_rec.rename(rig.target_rec.with_suffix(".before"))
+    rig.start_services(("target",))
+    assert _finish(load)["errors"] == 0
+    status = rig.fresh_status()
+    rewrite = status["totals"]["rewrite"]
+    print(f"target restart: reset by target {rewrite['sessions_reset_by_target']}, restarts {rewrite['restarts']}")
+    assert rewrite["sessions_reset_by_target"] >= 1
+    _after_fault_all_complete(rig)
+
+
+def test_target_link_down_for_two_seconds(rig, lab):
+    load = _load_in_background(lab, *MIX)
+    time.sleep(0.8)
+    lab.run("br", ["ip", "link", "set", "target", "down"])
+    time.sleep(2.0)
+    lab.run("br", ["ip", "link", "set", "target", "up"])
+    assert _finish(load)["errors"] == 0
+    v = rig.verdict({}, time.time())
+    c = v.comparison
+    rewrite = v.status["totals"]["rewrite"]
+    print(f"target link down 2 s: {c.identical}/{c.sessions_online} byte-exact, retransmits "
+          f"{rewrite['retransmits']}, handshake timeouts {rewrite['handshake_timeouts']}")
+    assert c.completeness_pct >= 99.0, c.summary()
+    rig.start_services()
+    _after_fault_all_complete(rig)
+
+
+def test_one_percent_loss_on_the_target(rig, lab):
+    rules = [["iptables", "-A", chain, "-p", "tcp", "-m", "statistic", "--mode", "random", "--probability",
+              "0.01", "-j", "DROP"] for chain in ("INPUT", "OUTPUT")]
+    for rule in rules:
+        lab.run("target", rule)
+    try:
+        load = _load_in_background(lab, *MIX)
+        assert _finish(load)["errors"] == 0
+        v = rig.verdict({}, time.time())
+    finally:
+        for rule in rules:
+            lab.run("target", ["iptables", "-D", *rule[2:]], check=False)
+    c = v.comparison
+    rewrite = v.status["totals"]["rewrite"]
+    print(f"1 % loss: {c.identical}/{c.sessions_online} byte-exact, retransmits {rewrite['retransmits']}")
+    assert rewrite["retransmits"] > 0
+    assert c.completeness_pct >= 99.9, c.summary()
+
+
+def test_raw_sends_refused_are_counted_and_the_daemon_stays_up(rig, lab):
+    rule = ["OUTPUT", "-d", ADDR["target"], "-p", "tcp", "--dport", "8080", "-j", "DROP"]
+    lab.run("online", ["iptables", "-A", *rule])
+    try:
+        rig.load("mix", "--short", "50", "--keepalive", "0")
+        time.sleep(1.0)
+        status = rig.fresh_status()
+    finally:
+        lab.run("online", ["iptables", "-D", *rule], check=False)
+    errors = status["totals"]["rewrite"]["send_errors"]
+    assert errors.get("EPERM", 0) >= 50, errors
+    assert all(ch["restarts"] == 0 for ch in status["children"])
+    _after_fault_all_complete(rig)
