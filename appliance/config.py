@@ -151,7 +151,7 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         session_timeout=v["session.session_timeout"], keepalive_timeout=v["session.keepalive_timeout"],
         max_lag=v["session.max_lag"], response_quiet=v["session.response_quiet"],
         gap_timeout=v["session.gap_timeout"], buffer_limit=v["session.buffer_limit_mb"] << 20,
-        max_restarts=v["session.max_restarts"]))
+        max_restarts=v["session.max_restarts"], max_sessions=v["session.max_sessions"]))
     transfers = v["tcpcopyd.transfer"]
     return OnlineConfig(
         transfers=transfers, intercepts=v["tcpcopyd.intercepts"], interfaces=v["tcpcopyd.interfaces"],

@@ -29,7 +29,7 @@ from workers.base import Worker, child_main
 log = logging.getLogger(__name__)
 
 MAX_POLL_MS = 100
-DRAIN_LIMIT = 64          # batches taken from one queue before looking at the other again
+STEP_BUDGET = 0.05        # seconds of queue draining per loop turn: heartbeats and timers keep going
 
 
 class RewriteWorker(Worker):
@@ -72,7 +72,8 @@ class RewriteWorker(Worker):
         timeout = MAX_POLL_MS if deadline == INF else max(0, min(MAX_POLL_MS, int((deadline - now) * 1000) + 1))
         ready = dict(self.poller.poll(timeout))
         if ready:
-            for _ in range(DRAIN_LIMIT):
+            until = time.monotonic() + STEP_BUDGET
+            while time.monotonic() < until:
                 got = self._drain(self.responses, self._on_responses)
                 got += self._drain(self.segments, self._on_segments)
                 if not got:

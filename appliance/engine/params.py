@@ -24,6 +24,7 @@ class EngineParams:
     buffer_limit: int = 16 << 20     # bytes buffered per session before it is resynchronised
     max_restarts: int = 3            # target-side reconnections of one client session
     our_window: int = 65535          # window field in segments we forge
+    max_sessions: int = 100_000      # tracked per worker; beyond it the oldest is reset and forgotten
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class EngineCounters:
     resync_bytes_dropped: int = 0    # captured bytes dropped while waiting for a turn to resync on
     restarts: int = 0                # new target connection for an existing client session
     sessions_shutdown: int = 0       # reset on the target because tcpcopyd stopped
+    sessions_evicted: int = 0        # oldest sessions reset and forgotten: the table was full
     sessions_skipped_paused: int = 0 # not replayed: they started while replication was paused
     sessions_skipped_sampled: int = 0  # not replayed: outside the sample rate
     client_skipped: int = 0          # captured segments of connections not replayed (by choice)

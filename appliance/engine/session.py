@@ -55,6 +55,13 @@ class Emit:
 class Session:
     """State of one client connection and of its replica connection on the target."""
 
+    __slots__ = ("key", "p", "c", "out", "state", "created", "last_client", "last_target", "closed_at", "deadline",
+                 "restarts", "ip_id", "stream", "client_isn", "snd_una", "snd_nxt", "inflight", "inflight_bytes",
+                 "syn_options", "syn_window", "syn_sent_at", "syn_rto_at", "syn_interval", "rcv_nxt",
+                 "resp_bytes", "resp_at_release", "last_resp_data", "snd_wnd", "snd_wl1", "snd_wl2",
+                 "target_wscale", "ts_ok", "ts_recent", "last_ts_val", "payload_max", "rto", "rto_at",
+                 "persist_at", "dupacks", "fin_sent", "target_fin", "ack_pending", "held_since")
+
     def __init__(self, key: Key, params: EngineParams, counters: EngineCounters, out: list[Emit],
                  now: float) -> None:
         self.key = key

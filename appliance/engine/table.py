@@ -109,12 +109,13 @@ class SessionTable:
             sess.pump(now)
             self._arm(sess)
 
-    def poll(self, now: float) -> None:
-        """Fire every timer that is due."""
+    def poll(self, now: float, limit: int = 20_000) -> None:
+        """Fire the timers that are due, at most `limit` of them (the rest fire on the next call)."""
         if now >= self._next_purge:
             self._purge_skipped(now)
         timers = self._timers
-        while timers and timers[0][0] <= now:
+        while timers and timers[0][0] <= now and limit > 0:
+            limit -= 1
             when, _, key = heapq.heappop(timers)
             sess = self.sessions.get(key)
             if sess is None or sess.deadline != when:
@@ -178,10 +179,22 @@ class SessionTable:
             self.clients.release(key)
 
     def _new(self, key: Key, now: float) -> Session:
+        while len(self.sessions) >= self.params.max_sessions:
+            self._evict_oldest(now)
         self.counters.sessions_started += 1
         sess = Session(key, self.params, self.counters, self._out, now)
         self.sessions[key] = sess
         return sess
+
+    def _evict_oldest(self, now: float) -> None:
+        """Memory stays bounded: the oldest tracked session gives way (a SYN flood, say)."""
+        key = next(iter(self.sessions))
+        sess = self.sessions.pop(key)
+        if sess.state is not State.CLOSED:
+            self.counters.sessions_evicted += 1
+            sess.reset(now)
+        self._dirty.pop(key, None)
+        self.clients.release(key)
 
     def _arm(self, sess: Session, not_before: float = -INF) -> None:
         # A timer that fired must move forward in time, or a session whose deadline did not

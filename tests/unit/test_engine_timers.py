@@ -138,3 +138,15 @@ def test_exact_deadline_linger():
     assert pb.session.state is State.CLOSED
     pb.to_deadline()
     assert not pb.table.sessions
+
+
+def test_a_full_table_evicts_the_oldest_session_and_counts_it():
+    from appliance.engine.session import State
+
+    pb = Playbook(max_sessions=100)
+    for port in range(20000, 20150):
+        pb.cap(client(1000, 0, SYN, port=port))
+    assert len(pb.table.sessions) == 100
+    assert pb.c.sessions_evicted == 50 and pb.c.resets_sent == 50
+    assert min(k[1] for k in pb.table.sessions) == 20050          # the oldest went first
+    assert all(s.state is State.SYN_SENT for s in pb.table.sessions.values())
