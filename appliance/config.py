@@ -80,6 +80,7 @@ class OnlineConfig:
     startretries: int = 3
     source: str = "command line"
     control_group: str = ""
+    user: str = ""
     secret_key: str = ""                 # empty: plaintext to interceptd (insecure = true)
     intercept_public_key: str = ""
 
@@ -96,6 +97,7 @@ class InterceptConfig:
     log_level: str = "info"
     secret_key: str = ""                 # empty: plaintext (insecure = true)
     authorized_keys: str = ""
+    user: str = ""
 
 
 Values = dict[str, Any]              # "section.key" -> value
@@ -162,7 +164,15 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         log_level=v["tcpcopyd.log_level"], metrics_listen=v["tcpcopyd.metrics_listen"],
         graceful_timeout=v["supervisor.graceful_timeout"], startsecs=v["supervisor.startsecs"],
         startretries=v["supervisor.startretries"], source=source, control_group=v["tcpcopyd.control_group"],
+        user=_user(v["tcpcopyd.user"]),
         **_curve_client(v))
+
+
+def _user(name: str) -> str:
+    if name:
+        from appliance.privileges import lookup_user
+        lookup_user(name)
+    return name
 
 
 def _curve_client(v: Values) -> dict[str, str]:
@@ -187,7 +197,8 @@ def intercept_config(v: Values) -> InterceptConfig:
     return InterceptConfig(interfaces=v["interceptd.interfaces"], bpf=v["interceptd.filter"],
                            bind=v["interceptd.bind"], port=v["interceptd.port"],
                            buffer_bytes=v["interceptd.capture_buffer_mb"] << 20,
-                           log_level=v["interceptd.log_level"], secret_key=secret, authorized_keys=authorized)
+                           log_level=v["interceptd.log_level"], secret_key=secret, authorized_keys=authorized,
+                           user=_user(v["interceptd.user"]))
 
 
 SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ResponsesSpec)}

@@ -123,6 +123,8 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_w.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._record_signal)
+        if self.config.user:
+            self._become_user()
         try:
             now = time.monotonic()
             for child in self.children:
@@ -149,6 +151,16 @@ class Supervisor:
                 except FileNotFoundError:
                     pass
         return self.exit_code
+
+    def _become_user(self) -> None:
+        """Sockets are bound: from here on, a plain user with CAP_NET_RAW and CAP_NET_ADMIN only
+        (ambient, so the children spawned next can still capture and send raw)."""
+        from appliance.privileges import drop_to, lookup_user
+        user = lookup_user(self.config.user)
+        for path in [self.config.run_dir] + [os.path.join(self.config.run_dir, n) for n in ("ctl", "stats", "settings")]:
+            os.chown(path, user.pw_uid, -1)
+        drop_to(self.config.user)
+        log.info("running as %s with CAP_NET_RAW and CAP_NET_ADMIN only", self.config.user)
 
     def _protect_control_socket(self) -> None:
         """Only root, or members of control_group, may talk to the control socket."""

@@ -116,6 +116,9 @@ class Intercept:
         monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         pub.bind(f"tcp://{c.bind}:{c.port}")
         self.builder = wire.BatchBuilder(wire.KIND_RESPONSES, self.instance)
+        if c.user:
+            from appliance.privileges import drop_to
+            drop_to(c.user)          # captures open, socket bound: root is no longer needed
         poller = zmq.Poller()
         poller.register(monitor, zmq.POLLIN)
         if checker is not None:

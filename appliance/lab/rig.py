@@ -59,7 +59,8 @@ class ReplicationRig:
 
     def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0, port: int = SERVICE_PORT,
                  tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = (),
-                 intercept_filter: str | None = None, placement: Placement = Placement()) -> None:
+                 intercept_filter: str | None = None, placement: Placement = Placement(),
+                 intercept_args: tuple[str, ...] = (), bindir: str | None = None) -> None:
         self.lab = lab
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,8 @@ class ReplicationRig:
         self.port = port
         self.tcpcopyd_args = tcpcopyd_args
         self.place = placement
+        self.intercept_args = intercept_args
+        self.bindir = bindir          # where tcpcopyd and interceptd come from (default: this venv)
         self.intercept_filter = intercept_filter or f"tcp and src host {placement.target_bind} and src port {port}"
         self.intercepts = ",".join((placement.intercept, *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
@@ -93,6 +96,9 @@ class ReplicationRig:
                 raise RuntimeError(f"{name} did not start: {line!r}; see {self.dir / (name + '.log')}")
         return proc
 
+    def _daemon(self, name: str) -> str:
+        return os.path.join(self.bindir, name) if self.bindir else _bin(name)
+
     def start_services(self, which: tuple[str, ...] = ("online", "target")) -> None:
         py = sys.executable
         for role, host, bind, rec in (("online", "online", ADDR["online"], self.online_rec),
@@ -107,13 +113,13 @@ class ReplicationRig:
 
     def start_interceptd(self) -> None:
         self._start("interceptd", self.place.assistant_host,
-                    [_bin("interceptd"), "-i", "eth0", "-F", self.intercept_filter,
+                    [self._daemon("interceptd"), "-i", "eth0", "-F", self.intercept_filter,
                      "--secret-key", str(self.keys / "interceptd.key_secret"),
-                     "--authorized-keys", str(self.keys / "authorized")])
+                     "--authorized-keys", str(self.keys / "authorized"), *self.intercept_args])
 
     def start_tcpcopyd(self) -> None:
         self._start("tcpcopyd", "online", [
-            _bin("tcpcopyd"), "-x",
+            self._daemon("tcpcopyd"), "-x",
             f"{ADDR['online']}:{self.port}-{self.place.send_to or f'{self.place.target_bind}:{self.port}'}",
             "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir,
             "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),

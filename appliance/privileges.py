@@ -1,0 +1,69 @@
+"""Least privilege: after opening what needs root, become a plain user that keeps only
+CAP_NET_RAW and CAP_NET_ADMIN (ambient, so the children tcpcopyd spawns keep them too).
+
+Runs in tcpcopyd's supervisor (before it spawns children) and in interceptd (after it opened
+its captures and bound its socket). Linux only; uses prctl(2) and capset(2) through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+
+from appliance.errors import ConfigError
+
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+KEPT = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
+PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def lookup_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"user = {name!r}: no such user (create it, e.g. useradd --system {name})") from None
+
+
+def drop_to(name: str) -> None:
+    """Become user `name` keeping only CAP_NET_RAW and CAP_NET_ADMIN; a no-op unless root."""
+    if os.geteuid() != 0:
+        return
+    user = lookup_user(name)
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(_CapData(KEPT, KEPT, KEPT), _CapData(0, 0, 0))
+    check(libc.capset(ctypes.byref(header), data), "capset")
+    for cap in (CAP_NET_RAW, CAP_NET_ADMIN):
+        check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "prctl(PR_CAP_AMBIENT_RAISE)")
+    check(libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
+
+
+def effective_capabilities() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0

@@ -1,0 +1,60 @@
+"""Least privilege: started as root, both daemons run as a plain user with only CAP_NET_RAW and
+CAP_NET_ADMIN, and still replicate. Uses a venv on Debian's python3 that the user can execute."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.lab.rig import ReplicationRig
+
+pytestmark = pytest.mark.lab
+USER = "nobody"
+KEPT = (1 << 12) | (1 << 13)
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _uid_and_caps(pid: int) -> tuple[int, int]:
+    uid = caps = -1
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[2])           # effective uid
+            elif line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+    return uid, caps
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's python3 for the user's venv")
+def test_daemons_drop_to_a_user_with_two_capabilities(lab):
+    base = Path(tempfile.mkdtemp(prefix="tcl-priv-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(base / "venv")], check=True)
+        subprocess.run([str(base / "venv/bin/pip"), "install", "-q", str(PROJECT)], check=True, capture_output=True)
+        rig = ReplicationRig(lab, base / "rig", tcpcopyd_args=("--user", USER), intercept_args=("--user", USER),
+                             bindir=str(base / "venv/bin"))
+        nobody = pwd.getpwnam(USER)
+        for d in (rig.keys, rig.keys / "authorized"):
+            d.chmod(0o755)
+        os.chown(rig.keys / "authorized" / "tcpcopyd.key_secret", nobody.pw_uid, -1)
+        try:
+            rig.start()
+            load = rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
+            status = rig.fresh_status()
+            pids = [status["supervisor"]["pid"], rig.procs["interceptd"].pid] + [ch["pid"] for ch in status["children"]]
+            seen = {pid: _uid_and_caps(pid) for pid in pids}
+            v = rig.verdict(load, time.time())
+        finally:
+            rig.close()
+        assert all(uid == nobody.pw_uid and caps == KEPT for uid, caps in seen.values()), seen
+        assert v.comparison.identical == v.comparison.sessions_online == 105, v.comparison.summary()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
