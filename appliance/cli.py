@@ -7,13 +7,14 @@ command-line flags, which take the original tcpcopy's letters where it had one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
 from appliance import __version__
 from appliance.config import add_setting_flags, load, online_config
-from appliance.errors import EXIT_CONFIG, EXIT_NO_PERMISSION, ConfigError
+from appliance.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_PERMISSION, ConfigError
 from appliance.logs import setup_logging
 from appliance.settings import ONLINE
 
@@ -25,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", default=os.environ.get("TCPCOPYD_CONFIG"),
                    help="TOML configuration file (flags override it)")
     add_setting_flags(p, ONLINE)
+    off = p.add_argument_group("offline replay (instead of live capture)")
+    off.add_argument("--offline", nargs="+", metavar="FILE", help="pcap or pcapng files to replay, in order")
+    pace = off.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="N x the original timing (default 1)")
+    pace.add_argument("--topspeed", action="store_true", help="as fast as the workers take the packets")
+    off.add_argument("--max-gap", type=float, default=0.0, metavar="MS", help="cut idle gaps longer than MS")
+    off.add_argument("--offline-tail", type=float, default=30.0, metavar="S",
+                     help="seconds to wait for open sessions after the files end (default 30)")
     p.add_argument("-v", "--version", action="version", version=f"tcpcopyd {__version__}")
     return p
 
@@ -33,9 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = online_config(load(ONLINE, args.config, args), args.config or "command line")
+        if args.offline:
+            if args.speed <= 0 or args.max_gap < 0:
+                raise ConfigError(f"--speed {args.speed} / --max-gap {args.max_gap}: must be positive")
+            config = dataclasses.replace(config, offline=tuple(args.offline), speed=0.0 if args.topspeed else args.speed,
+                                         max_gap_ms=args.max_gap, offline_tail=args.offline_tail)
     except ConfigError as exc:
         print(f"tcpcopyd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    files = []
+    if config.offline:
+        from appliance.offline import check_files
+        from appliance.pcapfile import PcapError
+        try:
+            files = check_files(config.offline)
+        except PcapError as exc:
+            print(f"tcpcopyd: {exc}", file=sys.stderr)
+            return EXIT_DATA
     setup_logging(config.log_level)
     if os.geteuid() != 0:
         print("tcpcopyd: needs root (or CAP_NET_RAW and CAP_NET_ADMIN) for capture and raw sends",
@@ -44,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("capture filter: %s", config.bpf)
     log.debug("effective configuration: %s", config)
     from appliance.supervisor import Supervisor
-    return Supervisor(config, args.config, args).run()
+    sup = Supervisor(config, args.config, args, offline_packets=sum(f.packets for f in files))
+    code = sup.run()
+    if config.offline:
+        from appliance.offline import report
+        print(report(sup, files))
+    return code
 
 
 if __name__ == "__main__":

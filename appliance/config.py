@@ -60,6 +60,19 @@ class ResponsesSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ReaderSpec:
+    run_dir: str
+    shards: int
+    transfers: str
+    files: tuple[str, ...]
+    speed: float = 1.0               # 0: as fast as the workers take it
+    max_gap_ms: float = 0.0          # 0: keep every idle gap
+    total_packets: int = 0
+    progress: bool = False
+    cpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OnlineConfig:
     transfers: str
     intercepts: tuple[str, ...]
@@ -81,6 +94,10 @@ class OnlineConfig:
     source: str = "command line"
     control_group: str = ""
     user: str = ""
+    offline: tuple[str, ...] = ()        # capture files to replay instead of capturing live
+    speed: float = 1.0
+    max_gap_ms: float = 0.0
+    offline_tail: float = 30.0           # seconds to wait for sessions to finish after the files end
     secret_key: str = ""                 # empty: plaintext to interceptd (insecure = true)
     intercept_public_key: str = ""
 
@@ -201,7 +218,7 @@ def intercept_config(v: Values) -> InterceptConfig:
                            user=_user(v["interceptd.user"]))
 
 
-SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ResponsesSpec)}
+SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ResponsesSpec, ReaderSpec)}
 
 
 def spec_to_json(spec: Any) -> str:

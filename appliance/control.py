@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from appliance.supervisor import Supervisor
 
 STATUS_SCHEMA_VERSION = 1
-ROLES = ("capture", "responses", "rewrite")
+ROLES = ("capture", "responses", "rewrite", "reader")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ def funnel(rows: list[dict]) -> dict[str, Any]:
     t = totals_of(rows)
     cap, rew, resp = t["capture"], t["rewrite"], t["responses"]
     stages = {
-        "captured": cap.get("captured", 0),
+        "captured": cap.get("captured", 0) + t["reader"].get("packets_kept", 0),
         "kernel_drops": cap.get("kernel_drops", 0),
         "queue_drops_capture": cap.get("queue_drops", 0),
         "handed_to_workers": rew.get("segments_received", 0),

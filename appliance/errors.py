@@ -8,6 +8,7 @@ EXIT_USAGE = 2           # bad command line
 EXIT_CONFIG = 78         # bad configuration value (EX_CONFIG)
 EXIT_BOOT_ERROR = 70     # a child failed to boot repeatedly; the appliance halted (EX_SOFTWARE)
 EXIT_NO_PERMISSION = 77  # raw sockets or capture need root / CAP_NET_RAW (EX_NOPERM)
+EXIT_DATA = 65           # an offline capture file is truncated or corrupt (EX_DATAERR)
 
 
 class ConfigError(ValueError):

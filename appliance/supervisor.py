@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ import zmq
 
 from appliance import wire
 from appliance.config import (
-    CaptureSpec, OnlineConfig, ResponsesSpec, RewriteSpec, cpu_plan, load, spec_to_json,
+    CaptureSpec, OnlineConfig, ReaderSpec, ResponsesSpec, RewriteSpec, cpu_plan, load, spec_to_json,
 )
 from appliance.control import (
     COMMANDS, Request, child_rows, decode_request, encode_reply, error_reply, summary_line, totals_of,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_INTERVAL = 30.0
 SAMPLE_INTERVAL = 1.0
-STOP_ORDER = ("capture", "responses", "rewrite")
+STOP_ORDER = ("capture", "reader", "responses", "rewrite")
 
 
 @dataclass
@@ -70,8 +71,11 @@ def _child_entry(entry: str, spec_json: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: OnlineConfig, config_path: str | None = None, cli_args: Any = None) -> None:
+    def __init__(self, config: OnlineConfig, config_path: str | None = None, cli_args: Any = None,
+                 offline_packets: int = 0) -> None:
         self.config = config
+        self.offline_packets = offline_packets
+        self.reader_done_at: float | None = None
         self.config_path = config_path
         self.cli_args = cli_args
         self.children: list[Child] = []
@@ -102,6 +106,11 @@ class Supervisor:
         self.children.append(child("responses", 0, "workers.responses:main",
                                    ResponsesSpec(n, c.run_dir, c.intercepts, resp[0], c.secret_key,
                                                  c.intercept_public_key), resp[0]))
+        if c.offline:
+            spec_o = ReaderSpec(c.run_dir, n, c.transfers, c.offline, c.speed, c.max_gap_ms, self.offline_packets,
+                                sys.stderr.isatty(), caps[0] if caps else ())
+            self.children.append(child("reader", 0, "workers.reader:main", spec_o, caps[0] if caps else ()))
+            return
         for i, iface in enumerate(c.interfaces):
             spec_c = CaptureSpec(i, iface, c.bpf, n, c.run_dir, caps[i], buffer_bytes=c.buffer_bytes)
             self.children.append(child("capture", i, "workers.capture:main", spec_c, caps[i]))
@@ -225,6 +234,8 @@ class Supervisor:
 
     def _manage(self, now: float) -> None:
         for child in self.children:
+            if child.role == "reader" and self._reader_exited(child, now):
+                continue
             was = child.life.state
             action = child.life.transition(now, child.alive)
             if was in (ChildState.STARTING, ChildState.RUNNING) and child.life.state is not was \
@@ -242,6 +253,37 @@ class Supervisor:
                 child.process.kill()
             elif action is Action.SPAWN:
                 self._spawn(child, now)
+
+    def _reader_exited(self, child: Child, now: float) -> bool:
+        """The offline reader runs once: done at the end of its files, fatal on a bad file."""
+        if child.life.state is ChildState.STOPPED:
+            self._offline_drained(now)
+            return True
+        if child.process is None or child.alive:
+            return False
+        child.process.join(0)
+        if child.process.exitcode != 0:
+            raise HaltAppliance(f"offline reader failed (exit {child.process.exitcode}); see the log above",
+                                child.process.exitcode if child.process.exitcode and child.process.exitcode > 0
+                                else EXIT_BOOT_ERROR)
+        child.life.state = ChildState.STOPPED
+        self.reader_done_at = now
+        log.info("offline files read to the end; waiting for the sessions to finish")
+        return True
+
+    def _offline_drained(self, now: float) -> None:
+        rows = child_rows(self, time.time())
+        totals = totals_of(rows)
+        reader = next((r for r in rows if r["role"] == "reader"), {"counters": {}})
+        handed = totals["rewrite"].get("segments_received", 0)
+        active = totals["rewrite"].get("sessions_active", 0)
+        assert self.reader_done_at is not None
+        if handed >= reader["counters"].get("packets_kept", 0) and active == 0 and \
+                now - self.reader_done_at > 1.0:
+            self.request_stop()
+        elif now - self.reader_done_at > self.config.offline_tail:
+            log.warning("offline: %d sessions still open after %.0f s; stopping", active, self.config.offline_tail)
+            self.request_stop()
 
     def _stop_all(self) -> None:
         for role in STOP_ORDER:

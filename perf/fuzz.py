@@ -16,6 +16,7 @@ import time
 
 from appliance import wire
 from appliance.packet import ACK, PSH, MalformedPacket, build_ipv4_tcp, parse_ipv4_tcp, parse_options
+from appliance.pcapfile import PcapError, packets
 
 SEEDS = [build_ipv4_tcp(0xC6120001, 0xC6120002, 40000, 8080, 1, 2, ACK | PSH, 512,
                         b"\x01\x01\x08\x0a" + b"\x00" * 8, b"GET / HTTP/1.1\r\n\r\n"),
@@ -36,6 +37,17 @@ def mutate(rng: random.Random, base: bytes) -> bytes:
     return bytes(data)
 
 
+def _pcap_of(ip_packets: list[bytes]) -> bytes:
+    import io
+
+    import dpkt
+    out = io.BytesIO()
+    writer = dpkt.pcap.Writer(out, snaplen=65535, linktype=dpkt.pcap.DLT_RAW)
+    for n, pkt in enumerate(ip_packets):
+        writer.writepkt(pkt, 1000.0 + n)
+    return out.getvalue()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=10_000_000)
@@ -46,10 +58,22 @@ def main() -> None:
     for s in SEEDS:
         b.add(1, s)
     frames = [b.take()]
+    pcap_file = _pcap_of(SEEDS)
     parsed = 0
     started = time.monotonic()
     for i in range(args.inputs):
-        if i % 2:
+        if i % 3 == 2:
+            data = mutate(rng, pcap_file)
+            try:
+                for _ in packets("fuzz.pcap", data):
+                    pass
+                parsed += 1
+            except PcapError:
+                pass
+            except Exception:
+                print(f"pcap reader raised on input {i}: {data.hex()}")
+                raise
+        elif i % 3 == 1:
             data = mutate(rng, frames[0])
             try:
                 wire.decode_batch(data)
@@ -70,7 +94,7 @@ def main() -> None:
                 print(f"packet parser raised on input {i}: {data.hex()}")
                 raise
     took = time.monotonic() - started
-    print(f"{args.inputs:,} inputs ({args.inputs // 2:,} packets, {args.inputs - args.inputs // 2:,} batch frames), "
+    print(f"{args.inputs:,} inputs (a third each: packets, batch frames, pcap files), "
           f"{parsed:,} parsed, the rest refused with the documented error; {args.inputs / took:,.0f} inputs/s, "
           f"{took:.0f} s")
 

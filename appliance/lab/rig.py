@@ -134,6 +134,16 @@ class ReplicationRig:
             time.sleep(0.2)
         raise RuntimeError(f"tcpcopyd did not come up; see {self.dir / 'tcpcopyd.log'}")
 
+    def run_offline(self, files: list[str], *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess:
+        """tcpcopyd --offline on the online host, to the end of the files; its output and exit code."""
+        argv = [self._daemon("tcpcopyd"), "-x",
+                f"{ADDR['online']}:{self.port}-{self.place.send_to or f'{self.place.target_bind}:{self.port}'}",
+                "-s", self.intercepts, "--run-dir", self.run_dir,
+                "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),
+                "--intercept-public-key", str(self.keys / "interceptd.key"), *self.tcpcopyd_args,
+                "--offline", *files, *args]
+        return self.lab.run("online", argv, check=False, timeout=timeout, capture_output=True, text=True)
+
     def start(self, services: bool = True) -> None:
         """Everything; without `services` the caller runs its own on both hosts at `port`."""
         if services:

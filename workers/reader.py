@@ -1,0 +1,157 @@
+"""Offline reader: plays capture files into the shards as if they were being captured now.
+
+Runs in its own child instead of the capture processes (tcpcopyd --offline). Keeps the packets
+a live capture would have kept (those addressed to a transfer's online side), paces them by
+their timestamps (original timing, N x speed, or as fast as the workers take them, with idle gaps
+optionally cut), and never drops: it waits for a full queue instead. Exits 0 at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from appliance import wire
+from appliance.config import ReaderSpec, spec_from_json
+from appliance.flowkey import shard_of
+from appliance.packet import client_key_of, link_header_len
+from appliance.pcapfile import PcapError, packets
+from appliance.transfer import TransferMap, parse_transfers
+from workers.base import Worker, child_main
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+EXIT_DATA_ERROR = 65
+
+
+class ReaderWorker(Worker):
+    role = "reader"
+
+    def __init__(self, spec: ReaderSpec) -> None:
+        super().__init__(0, spec.run_dir, spec.cpus, "tcpcopyd: offline reader")
+        self.spec = spec
+        self.transfers = TransferMap(parse_transfers(spec.transfers))
+        self.read = self.kept = self.not_ip = self.queue_waits = 0
+        self.clients: set[tuple[int, int]] = set()
+        self.file_span_ns = 0
+        self.started_at = self.finished_at = 0.0
+        self._next_progress = 0.0
+
+    def setup(self) -> None:
+        spec = self.spec
+        self.pushes = [self.socket(zmq.PUSH, connect=wire.segments_endpoint(spec.run_dir, k), hwm=256)
+                       for k in range(spec.shards)]
+        self.builders = [wire.BatchBuilder(wire.KIND_SEGMENTS, 0) for _ in range(spec.shards)]
+        self.stream = self._stream()
+        self.pending: tuple[float, int, bytes] | None = None
+        self.started_at = time.monotonic()
+
+    def _stream(self):
+        """(due time in seconds after start, link type, frame) of every packet of every file."""
+        speed, max_gap = self.spec.speed, self.spec.max_gap_ms / 1000
+        first = prev = None
+        skipped = 0.0
+        for path in self.spec.files:
+            for ts_ns, linktype, frame in packets(path):
+                ts = ts_ns / 1e9
+                if first is None:
+                    first = prev = ts
+                if max_gap and ts - prev > max_gap:
+                    skipped += ts - prev - max_gap
+                prev = ts
+                self.file_span_ns = int((ts - first) * 1e9)
+                yield (0.0 if speed == 0 else (ts - first - skipped) / speed), linktype, frame
+
+    def step(self, now: float) -> None:
+        elapsed = now - self.started_at
+        budget_end = time.monotonic() + 0.05
+        while time.monotonic() < budget_end:
+            if self.pending is None:
+                try:
+                    self.pending = next(self.stream)
+                except StopIteration:
+                    self._flush_all()
+                    self.finished_at = time.monotonic()
+                    self._progress(final=True)
+                    self.stopping = True
+                    return
+                except PcapError as exc:
+                    log.error("%s", exc)
+                    sys.exit(EXIT_DATA_ERROR)
+            due, linktype, frame = self.pending
+            if due > elapsed:
+                self._flush_all()
+                time.sleep(min(due - elapsed, 0.05))
+                return
+            self.pending = None
+            self._take(linktype, frame)
+        self._flush_all()
+        self._progress()
+
+    def _take(self, linktype: int, frame: bytes) -> None:
+        self.read += 1
+        offset = link_header_len(linktype, frame)
+        if offset < 0:
+            self.not_ip += 1
+            return
+        ip = memoryview(frame)[offset:]
+        key = client_key_of(ip)
+        if key is None or len(ip) < 24:
+            self.not_ip += 1
+            return
+        ihl = (ip[0] & 0x0F) * 4
+        dst = int.from_bytes(ip[16:20], "big"), (ip[ihl + 2] << 8) | ip[ihl + 3]
+        if not self.transfers.targets(*dst):
+            return
+        self.kept += 1
+        self.clients.add(key)
+        shard = shard_of(key[0], key[1], self.spec.shards)
+        builder = self.builders[shard]
+        builder.add(time.time_ns(), ip)
+        if builder.count >= BATCH:
+            self._flush(shard)
+
+    def _flush_all(self) -> None:
+        for shard, builder in enumerate(self.builders):
+            if builder.count:
+                self._flush(shard)
+
+    def _flush(self, shard: int) -> None:
+        frame = self.builders[shard].take()
+        sock = self.pushes[shard]
+        while not self.stopping:                     # offline never drops: wait for the worker
+            if sock.poll(1000, zmq.POLLOUT):
+                sock.send(frame)
+                return
+            self.queue_waits += 1
+            self.publish_stats()
+
+    def _progress(self, final: bool = False) -> None:
+        if not self.spec.progress:
+            return
+        now = time.monotonic()
+        if not final and now < self._next_progress:
+            return
+        self._next_progress = now + 0.5
+        done = self.read / max(1, self.spec.total_packets)
+        bar = "#" * int(30 * done)
+        sys.stderr.write(f"\r[{bar:<30}] {100 * done:5.1f}%  {self.read:,} packets  {now - self.started_at:6.1f} s")
+        if final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def counters(self) -> dict[str, Any]:
+        return {"packets_read": self.read, "packets_kept": self.kept, "not_ip": self.not_ip,
+                "queue_waits": self.queue_waits, "client_connections": len(self.clients),
+                "file_span_ms": self.file_span_ns // 1_000_000,
+                "replay_ms": int(1000 * ((self.finished_at or time.monotonic()) - self.started_at)),
+                "finished": int(bool(self.finished_at))}
+
+
+def main(spec_json: str) -> None:
+    child_main(lambda: ReaderWorker(spec_from_json(spec_json)))
