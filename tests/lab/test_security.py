@@ -81,3 +81,14 @@ def test_control_socket_is_for_root_only(lab, tmp_path):
         assert stat.S_IMODE(mode) == 0o600 and os.stat(os.path.join(rig.run_dir, "ctl")).st_uid == 0
     finally:
         rig.close()
+
+
+def test_control_socket_for_a_configured_group(lab, tmp_path):
+    import grp
+    rig = ReplicationRig(lab, tmp_path / "rig", tcpcopyd_args=("--control-group", "nogroup"))
+    try:
+        rig.start()
+        info = os.stat(os.path.join(rig.run_dir, "ctl"))
+        assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == grp.getgrnam("nogroup").gr_gid
+    finally:
+        rig.close()
