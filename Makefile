@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 # gcc and python3-dev: pypcap ships no Linux wheel, pip builds it against libpcap-dev.
 APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv procps gcc python3-dev postgresql iptables
 
-.PHONY: setup test demo lab-down
+.PHONY: setup test demo lab-down perf
 
 setup: $(STAMP)
 
@@ -31,3 +31,9 @@ demo: setup
 # Removes the default lab and any lab left behind by a crashed test run (prefixes tcl, tcl<digits>).
 lab-down: setup
 	$(VENV)/bin/tcpcopy-lab down --all
+
+# Benchmarks (not part of the tests): tcpreplay's stateless ceiling against stateful replay, side by side.
+perf: setup
+	@dpkg -s tcpreplay >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y tcpreplay)
+	$(VENV)/bin/pip install -q matplotlib
+	$(VENV)/bin/python perf/run.py

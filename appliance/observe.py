@@ -16,7 +16,8 @@ import psutil
 RATE_WINDOW = 10.0
 # counters that are levels, not totals: not summed across a child's incarnations, gauges in Prometheus
 GAUGES = frozenset({"sessions_active", "sessions_tracked", "buffered_bytes", "largest_packet",
-                    "capture_latency_max_ms", "intercepts_seen", "client_tuples_in_use"})
+                    "capture_latency_max_ms", "intercepts_seen", "client_tuples_in_use",
+                    "capture_to_worker_p50_ms", "capture_to_worker_p99_ms"})
 RATE_COUNTERS = {
     "capture": ("captured", "bytes", "kernel_drops", "queue_drops"),
     "rewrite": ("client_segments", "packets_sent", "bytes_sent", "sessions_started", "sessions_completed",
@@ -71,6 +72,7 @@ class ChildView:
         out: dict[str, Any] = {}
         add_counters(out, self.retired)
         add_counters(out, self.last)
+        out.update({k: v for k, v in self.last.items() if isinstance(v, float)})   # gauges such as latency
         if self.sessions_lost:
             out["sessions_lost_in_restarts"] = self.sessions_lost
         return out

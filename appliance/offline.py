@@ -30,6 +30,7 @@ def report(sup: Supervisor, files: list[FileSummary]) -> str:
     packets = sum(f.packets for f in files)
     reset = rew.get("sessions_reset_by_target", 0) + rew.get("sessions_timed_out", 0) + \
         rew.get("handshake_timeouts", 0) + rew.get("sessions_lost_in_restarts", 0)
+    whole = (sup.drained_at - sup.reader_started_at) if sup.drained_at and sup.reader_started_at else None
     lines = [
         f"offline replay of {len(files)} file(s): {packets:,} packets over {span / 1e9:.2f} s, "
         f"{reader.get('packets_kept', 0):,} for the transfers, {reader.get('client_connections', 0):,} "
@@ -40,4 +41,7 @@ def report(sup: Supervisor, files: list[FileSummary]) -> str:
         f"timing: requested {requested}; took {took:.2f} s"
         + (f" ({packets / took:,.0f} packets/s)" if took else ""),
     ]
+    if whole:
+        lines.append(f"replayed in {whole:.2f} s from the reader's start to the last session done "
+                     f"({packets / whole:,.0f} packets/s end to end)")
     return "\n".join(lines)

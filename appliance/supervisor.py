@@ -76,6 +76,8 @@ class Supervisor:
         self.config = config
         self.offline_packets = offline_packets
         self.reader_done_at: float | None = None
+        self.reader_started_at: float | None = None
+        self.drained_at: float | None = None         # offline: every packet handed over, no session open
         self.config_path = config_path
         self.cli_args = cli_args
         self.children: list[Child] = []
@@ -230,6 +232,8 @@ class Supervisor:
                                          name=f"{child.role}-{child.index}", daemon=False)
         child.process.start()
         child.life.spawned(now)
+        if child.role == "reader":
+            self.reader_started_at = now
         log.info("started %s %d pid %d cpus %s", child.role, child.index, child.pid, child.cpus or "any")
 
     def _manage(self, now: float) -> None:
@@ -278,9 +282,11 @@ class Supervisor:
         handed = totals["rewrite"].get("segments_received", 0)
         active = totals["rewrite"].get("sessions_active", 0)
         assert self.reader_done_at is not None
-        if handed >= reader["counters"].get("packets_kept", 0) and active == 0 and \
-                now - self.reader_done_at > 1.0:
-            self.request_stop()
+        if handed >= reader["counters"].get("packets_kept", 0) and active == 0:
+            if self.drained_at is None:
+                self.drained_at = now
+            if now - self.reader_done_at > 1.0:          # and the workers' last counters are in
+                self.request_stop()
         elif now - self.reader_done_at > self.config.offline_tail:
             log.warning("offline: %d sessions still open after %.0f s; stopping", active, self.config.offline_tail)
             self.request_stop()

@@ -36,7 +36,7 @@ class ReaderWorker(Worker):
         super().__init__(0, spec.run_dir, spec.cpus, "tcpcopyd: offline reader")
         self.spec = spec
         self.transfers = TransferMap(parse_transfers(spec.transfers))
-        self.read = self.kept = self.not_ip = self.queue_waits = 0
+        self.read = self.kept = self.not_ip = self.queue_waits = self.syns = 0
         self.clients: set[tuple[int, int]] = set()
         self.file_span_ns = 0
         self.started_at = self.finished_at = 0.0
@@ -109,7 +109,13 @@ class ReaderWorker(Worker):
         if not self.transfers.targets(*dst):
             return
         self.kept += 1
-        self.clients.add(key)
+        flags = ip[ihl + 13] & 0x12
+        if flags == 0x02:                            # a SYN: a connection starts
+            self.syns += 1
+            self.clients.add(key)
+        elif key not in self.clients:               # open before the capture began
+            self.clients.add(key)
+            self.syns += 1
         shard = shard_of(key[0], key[1], self.spec.shards)
         builder = self.builders[shard]
         builder.add(time.time_ns(), ip)
@@ -147,7 +153,7 @@ class ReaderWorker(Worker):
 
     def counters(self) -> dict[str, Any]:
         return {"packets_read": self.read, "packets_kept": self.kept, "not_ip": self.not_ip,
-                "queue_waits": self.queue_waits, "client_connections": len(self.clients),
+                "queue_waits": self.queue_waits, "client_connections": self.syns,
                 "file_span_ms": self.file_span_ns // 1_000_000,
                 "replay_ms": int(1000 * ((self.finished_at or time.monotonic()) - self.started_at)),
                 "finished": int(bool(self.finished_at))}

@@ -29,6 +29,7 @@ from workers.base import Worker, child_main
 log = logging.getLogger(__name__)
 
 MAX_POLL_MS = 100
+LATENCY_SAMPLES = 4096
 STEP_BUDGET = 0.05        # seconds of queue draining per loop turn: heartbeats and timers keep going
 
 
@@ -54,6 +55,8 @@ class RewriteWorker(Worker):
         self.capture_latency_max = 0.0
         self._ip_text: dict[int, str] = {}
         self._handshakes_warned = 0
+        self._latencies = [0.0] * LATENCY_SAMPLES   # capture -> worker, the most recent segments
+        self._lat_at = 0
         self._unmatched_warned = 0
         self._next_handshake_warning = 0.0
 
@@ -120,6 +123,8 @@ class RewriteWorker(Worker):
             lag = now - t_capture
             if lag > self.capture_latency_max:
                 self.capture_latency_max = lag
+            self._latencies[self._lat_at] = lag
+            self._lat_at = (self._lat_at + 1) % LATENCY_SAMPLES
             for target_ip, target_port in targets:
                 table.client_segment(seg, target_ip, target_port, now, min(t_capture, now))
         table.flush(now)
@@ -166,8 +171,16 @@ class RewriteWorker(Worker):
             "segment_batches": self.segment_batches, "segments_received": self.segments_received,
             "response_batches": self.response_batches,
             "capture_latency_max_ms": round(self.capture_latency_max * 1000, 3),
+            **self._latency_percentiles(),
         })
         return out
+
+    def _latency_percentiles(self) -> dict[str, float]:
+        seen = sorted(x for x in self._latencies if x > 0)
+        if not seen:
+            return {"capture_to_worker_p50_ms": 0.0, "capture_to_worker_p99_ms": 0.0}
+        return {"capture_to_worker_p50_ms": round(seen[len(seen) // 2] * 1000, 3),
+                "capture_to_worker_p99_ms": round(seen[min(len(seen) - 1, int(len(seen) * 0.99))] * 1000, 3)}
 
     def apply_settings(self, settings: dict[str, Any]) -> None:
         super().apply_settings(settings)

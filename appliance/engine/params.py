@@ -25,6 +25,7 @@ class EngineParams:
     max_restarts: int = 3            # target-side reconnections of one client session
     our_window: int = 65535          # window field in segments we forge
     max_sessions: int = 100_000      # tracked per worker; beyond it the oldest is reset and forgotten
+    reuse_wait: float = 2.0          # a new SYN on a closing session's port waits this long for it
 
 
 @dataclass(slots=True)
@@ -48,6 +49,7 @@ class EngineCounters:
     handshake_timeouts: int = 0      # G8: no SYN-ACK reached us (route, assistant, filter?)
     handshake_refused: int = 0       # target answered the SYN with RST (nothing listening?)
     port_reuse_resets: int = 0       # G4: new SYN on a client port whose session was still open
+    port_reuse_waits: int = 0        # ... whose session was closing: the new one waited for it
     capture_gaps: int = 0            # G1: a hole in the captured client stream that never filled
     gap_bytes_skipped: int = 0
     buffer_overflows: int = 0

@@ -38,7 +38,7 @@ class Chunk:
 
 
 class ClientStream:
-    __slots__ = ("c", "end", "unsent", "ooo", "unsent_bytes", "ooo_bytes", "gap_since",
+    __slots__ = ("c", "end", "unsent", "ooo", "unsent_bytes", "ooo_bytes", "gap_since", "client_closed",
                  "online_base", "last_need")
 
     def __init__(self, counters: EngineCounters) -> None:
@@ -51,6 +51,7 @@ class ClientStream:
         self.gap_since = INF                 # when the oldest unfilled hole appeared
         self.online_base: int | None = None  # client's ack before any response byte
         self.last_need = 0                   # response bytes (relative) the client had seen
+        self.client_closed = False           # the client's FIN or RST is in the stream
 
     def restart_at(self, seq: int) -> None:
         """Empty the stream; the next byte expected is `seq` (turn accounting is kept)."""
@@ -138,6 +139,8 @@ class ClientStream:
         self.unsent.append(chunk)
         self.unsent_bytes += len(chunk.data)
         self.end = chunk.end
+        if chunk.flags:
+            self.client_closed = True
 
     def pop_front(self, size: int) -> Chunk:
         """The head chunk, or its first `size` bytes split off when it is longer."""

@@ -35,6 +35,8 @@ class SessionTable:
         self.paused = False              # runtime: start no new sessions
         self.sample_rate = 1.0           # runtime: share of new connections replayed
         self._skipped: dict[Key, float] = {}   # connections not replayed, by choice; last seen
+        # new connections on a port whose previous session is still closing: (deadline, segments)
+        self._waiting: dict[Key, tuple[float, list[tuple[TcpSegment, float]]]] = {}
         self._next_purge = 0.0
 
     # ---- events -----------------------------------------------------------------------------
@@ -58,6 +60,10 @@ class SessionTable:
         c = self.counters
         key = (seg.src_ip, seg.src_port, target_ip, target_port)
         sess = self.sessions.get(key)
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting[1].append((seg, t))      # the new connection queues behind the closing one
+            return
         if key in self._skipped and not (seg.flags & SYN and not seg.flags & ACK):
             self._skipped[key] = now
             c.client_skipped += 1
@@ -70,6 +76,12 @@ class SessionTable:
             if sess is not None and sess.state is not State.CLOSED:
                 if sess.client_isn == seg.seq:
                     c.client_dup_syns += 1
+                    return
+                if sess.stream.client_closed:
+                    # the client closed the old connection before opening this one; the replay of
+                    # that close may still wait for the target: let it finish first (bounded)
+                    c.port_reuse_waits += 1
+                    self._waiting[key] = (now + self.params.reuse_wait, [(seg, t)])
                     return
                 c.port_reuse_resets += 1      # G4: the old session gives way to the new one
                 sess.reset(now)
@@ -108,6 +120,25 @@ class SessionTable:
         for sess in dirty.values():
             sess.pump(now)
             self._arm(sess)
+        if self._waiting:
+            self._start_waiting(now)
+
+    def _start_waiting(self, now: float) -> None:
+        """Connections queued behind a closing session on their port start once it is done."""
+        for key, (deadline, segments) in list(self._waiting.items()):
+            old = self.sessions.get(key)
+            if old is not None and old.state is not State.CLOSED:
+                if now < deadline:
+                    continue
+                self.counters.port_reuse_resets += 1
+                old.reset(now)
+            del self._waiting[key]
+            for seg, t in segments:
+                self._client_copy(seg, key[2], key[3], now, t)
+        dirty, self._dirty = self._dirty, {}
+        for sess in dirty.values():
+            sess.pump(now)
+            self._arm(sess)
 
     def poll(self, now: float, limit: int = 20_000) -> None:
         """Fire the timers that are due, at most `limit` of them (the rest fire on the next call)."""
@@ -129,14 +160,15 @@ class SessionTable:
         self.flush(now)
 
     def next_deadline(self) -> float:
+        waiting = min((deadline for deadline, _ in self._waiting.values()), default=INF)
         timers = self._timers
         while timers:
             when, _, key = timers[0]
             sess = self.sessions.get(key)
             if sess is not None and sess.deadline == when:
-                return when
+                return min(when, waiting)
             heapq.heappop(timers)
-        return INF
+        return waiting
 
     def take_output(self) -> list[Emit]:
         out = self._out[:]

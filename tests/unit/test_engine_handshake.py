@@ -223,3 +223,30 @@ def test_third_ack_and_data_carry_timestamps_once_negotiated():
     (third,) = out
     o = parse_options(third.options)
     assert (o.ts_val, o.ts_ecr) == (777, 5555)
+
+
+def test_new_syn_waits_for_a_closing_session_on_the_same_port():
+    pb = Playbook()
+    pb.establish()
+    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))
+    # the client had the answer (100 bytes) and closed; the replay's FIN waits for the target's answer
+    assert pb.cap(client(C_ISN + 6, O_ISN + 101, ACK | FIN)) == []
+    new_isn = 7_000_000
+    assert pb.cap(client(new_isn, 0, SYN, options=b"\x02\x04\x05\xb4")) == []    # queued, old not reset
+    assert pb.c.port_reuse_waits == 1 and pb.c.port_reuse_resets == 0
+    out = pb.resp(target(T_ISN + 1, C_ISN + 6, ACK | PSH, payload_len=100))
+    assert brief(out) == [(ACK | FIN, C_ISN + 6, T_ISN + 101, 0)]
+    out = pb.resp(target(T_ISN + 101, C_ISN + 7, ACK | FIN))
+    assert [e.flags for e in out] == [ACK, SYN] and out[1].seq == new_isn       # old done, new starts
+    assert pb.c.sessions_completed == 1
+
+
+def test_a_closing_session_that_never_finishes_gives_way_after_reuse_wait():
+    pb = Playbook(reuse_wait=2.0)
+    pb.establish()
+    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))
+    pb.cap(client(C_ISN + 6, O_ISN + 101, ACK | FIN))
+    pb.cap(client(7_000_000, 0, SYN))
+    out = pb.advance(2.1)
+    assert RST | ACK in [e.flags for e in out] and SYN in [e.flags for e in out]
+    assert pb.c.port_reuse_resets == 1
