@@ -126,14 +126,7 @@ def run_postgres_demo(prefix: str = "tcl", duration: float = 30.0, clients: int 
         run = online.client("pgbench", "-c", str(clients), "-T", str(int(duration)), "-n", "postgres",
                             from_host="client", timeout=duration + 60)
         tps = next((line for line in run.stdout.splitlines() if line.startswith("tps")), "")
-        expected = online.query(history, from_host="online")
-        deadline = time.monotonic() + 120
-        got = ""
-        while time.monotonic() < deadline:
-            got = target.query(history, from_host="online")
-            if got == expected:
-                break
-            time.sleep(0.5)
+        expected, got = online.wait_same(target, history, limit=120)
         status = rig.fresh_status()
         rows, total = expected.split("|")
         print(f"pgbench -c {clients} -T {duration:.0f} against online: {tps}")

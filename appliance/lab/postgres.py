@@ -80,6 +80,19 @@ class PgCluster:
     def query(self, sql: str, from_host: str | None = None) -> str:
         return self.client("psql", "-At", "-d", "postgres", "-c", sql, from_host=from_host).stdout.strip()
 
+    def wait_same(self, other: PgCluster, sql: str, limit: float = 60.0) -> tuple[str, str]:
+        """(this server's answer, the other's) once they agree or `limit` seconds passed; both
+        asked from the online host (the target routes the client's answers elsewhere)."""
+        expected = self.query(sql, from_host="online")
+        got = ""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            got = other.query(sql, from_host="online")
+            if got == expected:
+                break
+            time.sleep(0.5)
+        return expected, got
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()          # SIGTERM: postgres's "smart" shutdown

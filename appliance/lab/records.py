@@ -8,7 +8,8 @@ reused, one peer names several sessions; compare() then matches them by content,
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,3 +163,17 @@ def compare(online_path: str | Path, target_path: str | Path, include_open: bool
         load_sessions(online_path, include_open=include_open),
         load_sessions(target_path, include_open=include_open),
     )
+
+
+def session_digests(path: str | Path, with_peer: bool = True) -> Counter:
+    """Every closed session's (peer, sha256), or sha256 alone, with multiplicity (ports may repeat)."""
+    out: Counter = Counter()
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and not rec.get("open") and "sha256" in rec:
+                out[(rec["peer"], rec["sha256"]) if with_peer else rec["sha256"]] += 1
+    return out

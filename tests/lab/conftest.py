@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from appliance.lab.netns import Lab
+from appliance.lab.rig import ReplicationRig
 from tests.lab.support import Services, lab_unavailable_reason, unique_prefix
 
 LAB_FIXTURES = {"lab", "netns_capable"}
@@ -71,3 +72,21 @@ def run_load(lab: Lab) -> LoadRunner:
         return done.returncode, json.loads(lines[-1])
 
     return runner
+
+
+@pytest.fixture
+def rig_factory(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., ReplicationRig]]:
+    """make(**kw) -> a ReplicationRig in this test's directory; every rig made is closed at the end."""
+    rigs: list[ReplicationRig] = []
+
+    def make(**kw: Any) -> ReplicationRig:
+        rig = ReplicationRig(lab, tmp_path / f"rig{len(rigs)}", **kw)
+        rigs.append(rig)
+        make.last = rig  # type: ignore[attr-defined]
+        return rig
+
+    try:
+        yield make
+    finally:
+        for rig in rigs:
+            rig.close()

@@ -19,6 +19,7 @@ import pytest
 
 from appliance.flowkey import shard_of
 from appliance.lab.netns import ADDR, Lab
+from appliance.lab.records import session_digests
 from appliance.lab.rig import ReplicationRig, _bin
 from appliance.packet import ip_to_int
 from appliance.status_schema import check
@@ -33,15 +34,6 @@ def rig(lab: Lab, tmp_path: Path) -> Iterator[ReplicationRig]:
         yield made
     finally:
         made.close()
-
-
-def _sessions(path: Path) -> Counter:
-    out: Counter = Counter()
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if not rec.get("open"):
-            out[(rec["peer"], rec["sha256"])] += 1
-    return out
 
 
 def _child(status: dict, role: str, index: int) -> dict:
@@ -84,7 +76,7 @@ def test_killed_rewrite_worker_restarts_and_other_shards_complete(rig, lab):
     assert _child(status, "rewrite", 0)["restarts"] == 1
     assert status["funnel"]["sessions_lost_in_restarts"] >= 1
     assert "worker restarts" in status["funnel"]["lost_at"]
-    online, target = _sessions(rig.online_rec), _sessions(rig.target_rec)
+    online, target = session_digests(rig.online_rec), session_digests(rig.target_rec)
     client = ip_to_int(ADDR["client"])
     survivors = Counter({k: n for k, n in online.items()
                          if shard_of(client, int(k[0].rsplit(":", 1)[1]), 2) == 1})

@@ -7,7 +7,6 @@ sessions. Ours holds every turn for the target's answer, so pgbench's history ma
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,18 +38,6 @@ def clusters(lab: Lab, tmp_path: Path) -> Iterator[tuple[PgCluster, PgCluster]]:
         target.stop()
 
 
-def _wait_for_history(online: PgCluster, target: PgCluster, limit: float = 60.0) -> tuple[str, str]:
-    expected = online.query(HISTORY, from_host="online")
-    deadline = time.monotonic() + limit
-    got = ""
-    while time.monotonic() < deadline:
-        got = target.query(HISTORY, from_host="online")
-        if got == expected:
-            break
-        time.sleep(0.5)
-    return expected, got
-
-
 def test_pgbench_replays_exactly_with_ssl_negotiation(lab, clusters, tmp_path):
     online, target = clusters
     rig = ReplicationRig(lab, tmp_path / "rig", port=PG_PORT)
@@ -60,7 +47,7 @@ def test_pgbench_replays_exactly_with_ssl_negotiation(lab, clusters, tmp_path):
         run = online.client("pgbench", "-c", "4", "-T", "4", "-R", "40", "-n", "postgres",
                             from_host="client", timeout=60)
         assert "number of failed transactions: 0" in run.stdout, run.stdout
-        expected, got = _wait_for_history(online, target)
+        expected, got = online.wait_same(target, HISTORY)
         assert int(expected.split("|")[0]) > 50, run.stdout[-500:]
         assert got == expected, f"target history {got} != online {expected}"
         rewrite = rig.fresh_status()["totals"]["rewrite"]
@@ -70,7 +57,7 @@ def test_pgbench_replays_exactly_with_ssl_negotiation(lab, clusters, tmp_path):
         # which PostgreSQL accepts once the session is started; the history still matches
         run = online.client("pgbench", "-c", "8", "-T", "8", "-n", "postgres", from_host="client", timeout=60)
         assert "number of failed transactions: 0" in run.stdout, run.stdout
-        expected, got = _wait_for_history(online, target)
+        expected, got = online.wait_same(target, HISTORY)
         assert got == expected, f"target history {got} != online {expected}"
         rewrite = rig.fresh_status()["totals"]["rewrite"]
         assert rewrite["sessions_reset_by_target"] == 0 and rewrite["handshake_timeouts"] == 0

@@ -7,50 +7,19 @@ The lab keeps the veth offloads at their defaults (on), so captures hold GSO sup
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import zmq
 
 from appliance import wire
-from appliance.lab.netns import ADDR, Lab
-from appliance.lab.records import load_records
+from appliance.lab.netns import ADDR
+from appliance.lab.records import load_records, session_digests
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def rig_factory(lab: Lab, tmp_path: Path) -> Iterator:
-    rigs: list[ReplicationRig] = []
-
-    def make(**kw) -> ReplicationRig:
-        rig = ReplicationRig(lab, tmp_path / f"rig{len(rigs)}", **kw)
-        rigs.append(rig)
-        make.last = rig
-        return rig
-
-    try:
-        yield make
-    finally:
-        for rig in rigs:
-            rig.close()
-
-
-def _all_sessions(path: Path) -> Counter:
-    """(peer, sha256) of every closed session in a recording, with multiplicity."""
-    out: Counter = Counter()
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if not rec.get("open"):
-            out[(rec["peer"], rec["sha256"])] += 1
-    return out
 
 
 def _replay(rig: ReplicationRig, *load_args: str, timeout: float = 180.0):
@@ -136,7 +105,7 @@ def test_short_connections_with_fast_port_reuse(rig_factory):
                 "--port-range", "40000-40999", timeout=180)
     assert v.load["connections"] == 4000
     # ports were reused, so a peer names several sessions: compare every session's digest
-    online, target = _all_sessions(rig_factory.last.online_rec), _all_sessions(rig_factory.last.target_rec)
+    online, target = session_digests(rig_factory.last.online_rec), session_digests(rig_factory.last.target_rec)
     assert sum(online.values()) == 4000
     assert target == online, f"{sum((online - target).values())} online sessions not on the target"
     assert _rewrite_totals(v)["handshake_timeouts"] == 0
