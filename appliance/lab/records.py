@@ -167,13 +167,5 @@ def compare(online_path: str | Path, target_path: str | Path, include_open: bool
 
 def session_digests(path: str | Path, with_peer: bool = True) -> Counter:
     """Every closed session's (peer, sha256), or sha256 alone, with multiplicity (ports may repeat)."""
-    out: Counter = Counter()
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and not rec.get("open") and "sha256" in rec:
-                out[(rec["peer"], rec["sha256"]) if with_peer else rec["sha256"]] += 1
-    return out
+    return Counter((rec["peer"], rec["sha256"]) if with_peer else rec["sha256"]
+                   for rec in _read(path, include_open=False) if "sha256" in rec)

@@ -21,15 +21,8 @@ FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 def _mutations() -> st.SearchStrategy[bytes]:
     flips = st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), max_size=8)
     return st.one_of(st.binary(max_size=200),
-                     flips.map(lambda fs: bytes(_apply(fs))),
+                     flips.map(lambda fs: bytes(_flip(VALID, fs))),
                      st.integers(0, len(VALID)).map(lambda n: VALID[:n]))
-
-
-def _apply(flips: list[tuple[int, int]]) -> bytearray:
-    b = bytearray(VALID)
-    for i, v in flips:
-        b[i] = v
-    return b
 
 
 @FAST
