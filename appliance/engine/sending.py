@@ -1,0 +1,135 @@
+"""The sending half of a session: turns, window, retransmission, ACKs and resets to the target.
+
+A mixin of `Session` (appliance/engine/session.py), split out to keep each module small; it owns
+no state of its own. Sans-io like the rest of the engine: it appends `Emit` commands.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from appliance.engine.model import Emit, State
+from appliance.engine.stream import INF, Chunk
+from appliance.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
+
+if TYPE_CHECKING:
+    from appliance.engine.session import Session as _Base
+else:
+    _Base = object
+
+
+class Sender(_Base):
+    __slots__ = ()
+
+    def pump(self, now: float) -> None:
+        """Send what the turn, the window and the stream allow; then any pending ACK."""
+        if self.state is State.ESTABLISHED:
+            self._send_ready(now)
+        if self.state is State.ESTABLISHED:
+            self._flush_ack()
+
+    def _turn_released(self, chunk: Chunk, now: float) -> bool:
+        turn_bytes = self.resp_bytes - self.resp_at_release
+        if turn_bytes >= chunk.need:
+            pass
+        elif turn_bytes > 0 and now >= self.last_resp_data + self.p.response_quiet:
+            self.c.turns_quiet += 1
+        elif now >= chunk.t + self.p.max_lag:
+            self.c.turns_lagged += 1
+        else:
+            if self.held_since == INF:
+                self.held_since = now
+                self.c.turns_waited += 1
+            return False
+        self.held_since = INF
+        chunk.turn = False
+        self.resp_at_release = self.resp_bytes
+        return True
+
+    def _send_ready(self, now: float) -> None:
+        unsent = self.stream.unsent
+        while unsent:
+            head = unsent[0]
+            if head.turn and not self._turn_released(head, now):
+                return
+            if head.flags & RST:
+                if self.inflight:
+                    return                      # let the target take every byte first
+                self.c.sessions_reset_by_client += 1
+                self.reset(now)
+                return
+            if head.data:
+                room = self.snd_wnd - seq_diff(self.snd_nxt, self.snd_una)
+                if room <= 0:
+                    if self.persist_at == INF:
+                        self.c.window_stalls += 1
+                        self.persist_at = now + self.rto
+                    return
+                chunk = self.stream.pop_front(min(self.payload_max, room))
+                self.c.bytes_sent += len(chunk.data)
+            else:
+                chunk = self.stream.pop_front(0)    # a bare FIN
+            self._send_chunk(chunk, now)
+
+    def _send_chunk(self, chunk: Chunk, now: float) -> None:
+        self._emit(chunk.seq, self.rcv_nxt, ACK | (PSH if chunk.data else 0) | (chunk.flags & FIN),
+                   self._ts_options(chunk.ts_val), chunk.data)
+        self.ack_pending = False
+        self.inflight.append(chunk)
+        self.inflight_bytes += len(chunk.data)
+        self.snd_nxt = chunk.end
+        if chunk.flags & FIN:
+            self.fin_sent = True
+        if self.rto_at == INF:
+            self.rto_at = now + self.rto
+
+    def _retransmit_head(self) -> None:
+        head = self.inflight[0]
+        self._emit(head.seq, self.rcv_nxt, ACK | (PSH if head.data else 0) | (head.flags & FIN),
+                   self._ts_options(head.ts_val), head.data)
+        self.ack_pending = False
+
+    def _flush_ack(self) -> None:
+        if self.ack_pending:
+            self.ack_pending = False
+            self.c.acks_sent += 1
+            self._emit(self.snd_nxt, self.rcv_nxt, ACK, self._ts_options(None))
+
+    def _send_reset(self) -> None:
+        if self.state is State.SYN_SENT:
+            self.c.resets_sent += 1
+            self._emit((self.client_isn + 1) & 0xFFFFFFFF, 0, RST)
+        elif self.state is State.ESTABLISHED:
+            # RFC 5961: the target takes a RST only at exactly its rcv_nxt, which lies between
+            # what it acknowledged and what we sent; cover both ends.
+            self.c.resets_sent += 1
+            self._emit(self.snd_nxt, self.rcv_nxt, RST | ACK)
+            if self.snd_una != self.snd_nxt:
+                self._emit(self.snd_una, self.rcv_nxt, RST | ACK)
+
+    def _ts_options(self, ts_val: int | None) -> bytes:
+        if not self.ts_ok:
+            return b""
+        if ts_val is not None and seq_lt(self.last_ts_val, ts_val):
+            self.last_ts_val = ts_val
+        return timestamp_option(self.last_ts_val, self.ts_recent)
+
+    def _emit(self, seq: int, ack: int, flags: int, options: bytes = b"", payload: bytes = b"",
+              window: int | None = None) -> None:
+        cip, cport, tip, tport = self.key
+        self.ip_id = (self.ip_id + 1) & 0xFFFF
+        self.c.segments_sent += 1
+        self.out.append(Emit(cip, tip, cport, tport, seq, ack, flags,
+                             self.p.our_window if window is None else window, options, payload, self.ip_id))
+
+    def _close(self, now: float) -> None:
+        self.state = State.CLOSED
+        self.closed_at = now
+        self.stream.restart_at(self.stream.end)
+        self.inflight.clear()
+        self.inflight_bytes = 0
+
+    def reset(self, now: float) -> None:
+        """Abort the target connection (shutdown, a new SYN on this client port, a timeout)."""
+        self._send_reset()
+        self._close(now)
