@@ -16,6 +16,7 @@ from appliance import __version__
 from appliance.config import add_setting_flags, load, online_config
 from appliance.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_PERMISSION, ConfigError
 from appliance.logs import setup_logging
+from appliance.privileges import has_net_capabilities
 from appliance.settings import ONLINE
 
 log = logging.getLogger("tcpcopyd")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tcpcopyd: {exc}", file=sys.stderr)
             return EXIT_DATA
     setup_logging(config.log_level)
-    if os.geteuid() != 0:
+    if not has_net_capabilities():
         print("tcpcopyd: needs root (or CAP_NET_RAW and CAP_NET_ADMIN) for capture and raw sends",
               file=sys.stderr)
         return EXIT_NO_PERMISSION

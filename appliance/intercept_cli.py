@@ -13,6 +13,7 @@ from appliance import __version__
 from appliance.config import add_setting_flags, intercept_config, load
 from appliance.errors import EXIT_CONFIG, EXIT_NO_PERMISSION, ConfigError
 from appliance.logs import setup_logging
+from appliance.privileges import has_net_capabilities
 from appliance.settings import INTERCEPT
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interceptd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log_level)
-    if os.geteuid() != 0:
+    if not has_net_capabilities():
         print("interceptd: needs root (or CAP_NET_RAW) to capture", file=sys.stderr)
         return EXIT_NO_PERMISSION
     from workers.intercept import Intercept

@@ -67,3 +67,8 @@ def effective_capabilities() -> int:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     return 0
+
+
+def has_net_capabilities() -> bool:
+    """Root, or a user holding CAP_NET_RAW and CAP_NET_ADMIN (a systemd unit's AmbientCapabilities)."""
+    return os.geteuid() == 0 or effective_capabilities() & KEPT == KEPT

@@ -34,6 +34,7 @@ from appliance.errors import EXIT_BOOT_ERROR, EXIT_OK, ConfigError, HaltApplianc
 from appliance.lifecycle import Action, ChildState, Lifecycle
 from appliance.metrics import MetricsServer
 from appliance.observe import ChildView, Rates
+from appliance.sdnotify import notify
 from appliance.settings import ONLINE
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,13 @@ class Supervisor:
                 self._spawn(child, now)
             log.info("tcpcopyd running: %d rewrite worker(s), %d capture(s), intercepts %s",
                      self.config.workers, len(self.config.interfaces), ", ".join(self.config.intercepts))
+            notify("READY=1")
             self._loop()
         except HaltAppliance as halt:
             log.error("halting: %s", halt.reason)
             self.exit_code = halt.code
         finally:
+            notify("STOPPING=1")
             self._stop_all()
             self._read_stats()          # the children's last frames, sent as they stopped
             self._log_summary()
