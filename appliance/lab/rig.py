@@ -60,7 +60,8 @@ class ReplicationRig:
     def __init__(self, lab: Lab, workdir: Path, target_delay_ms: float = 0.0, port: int = SERVICE_PORT,
                  tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = (),
                  intercept_filter: str | None = None, placement: Placement = Placement(),
-                 intercept_args: tuple[str, ...] = (), bindir: str | None = None) -> None:
+                 intercept_args: tuple[str, ...] = (), bindir: str | None = None,
+                 daemon_prefix: tuple[str, ...] = ()) -> None:
         self.lab = lab
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,7 @@ class ReplicationRig:
         self.place = placement
         self.intercept_args = intercept_args
         self.bindir = bindir          # where tcpcopyd and interceptd come from (default: this venv)
+        self.daemon_prefix = daemon_prefix   # e.g. setpriv ...: start the daemons as systemd would
         self.intercept_filter = intercept_filter or f"tcp and src host {placement.target_bind} and src port {port}"
         self.intercepts = ",".join((placement.intercept, *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
@@ -113,13 +115,13 @@ class ReplicationRig:
 
     def start_interceptd(self) -> None:
         self._start("interceptd", self.place.assistant_host,
-                    [self._daemon("interceptd"), "-i", "eth0", "-F", self.intercept_filter,
+                    [*self.daemon_prefix, self._daemon("interceptd"), "-i", "eth0", "-F", self.intercept_filter,
                      "--secret-key", str(self.keys / "interceptd.key_secret"),
                      "--authorized-keys", str(self.keys / "authorized"), *self.intercept_args])
 
     def start_tcpcopyd(self) -> None:
         self._start("tcpcopyd", "online", [
-            self._daemon("tcpcopyd"), "-x",
+            *self.daemon_prefix, self._daemon("tcpcopyd"), "-x",
             f"{ADDR['online']}:{self.port}-{self.place.send_to or f'{self.place.target_bind}:{self.port}'}",
             "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir,
             "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),

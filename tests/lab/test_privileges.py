@@ -32,19 +32,30 @@ def _uid_and_caps(pid: int) -> tuple[int, int]:
     return uid, caps
 
 
+# as systemd starts them from the units: already the user, with the two capabilities ambient
+SYSTEMD_LIKE = ("setpriv", f"--reuid={USER}", "--regid=nogroup", "--clear-groups",
+                "--inh-caps=+net_raw,+net_admin", "--ambient-caps=+net_raw,+net_admin")
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's python3 for the user's venv")
-def test_daemons_drop_to_a_user_with_two_capabilities(lab):
+@pytest.mark.parametrize("how", ["drop", "systemd-like"])
+def test_daemons_run_as_a_user_with_two_capabilities(lab, how):
     base = Path(tempfile.mkdtemp(prefix="tcl-priv-", dir="/tmp"))
     try:
         base.chmod(0o755)
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(base / "venv")], check=True)
         subprocess.run([str(base / "venv/bin/pip"), "install", "-q", str(PROJECT)], check=True, capture_output=True)
-        rig = ReplicationRig(lab, base / "rig", tcpcopyd_args=("--user", USER), intercept_args=("--user", USER),
-                             bindir=str(base / "venv/bin"))
+        if how == "drop":      # started as root, they drop to the user after opening their sockets
+            kw = {"tcpcopyd_args": ("--user", USER), "intercept_args": ("--user", USER)}
+        else:
+            kw = {"daemon_prefix": SYSTEMD_LIKE}
+        rig = ReplicationRig(lab, base / "rig", bindir=str(base / "venv/bin"), **kw)
         nobody = pwd.getpwnam(USER)
         for d in (rig.keys, rig.keys / "authorized"):
             d.chmod(0o755)
         os.chown(rig.keys / "authorized" / "tcpcopyd.key_secret", nobody.pw_uid, -1)
+        os.chown(rig.keys / "interceptd.key_secret", nobody.pw_uid, -1)
+        (base / "rig").chmod(0o777)         # the non-root supervisor makes its run directory here
         try:
             rig.start()
             load = rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
