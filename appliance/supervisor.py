@@ -40,6 +40,7 @@ from appliance.settings import ONLINE
 log = logging.getLogger(__name__)
 
 SUMMARY_INTERVAL = 30.0
+READER_WAIT = 10.0       # offline: longest wait for an interceptd before replaying anyway
 SAMPLE_INTERVAL = 1.0
 STOP_ORDER = ("capture", "reader", "responses", "rewrite")
 
@@ -138,9 +139,10 @@ class Supervisor:
         if self.config.user:
             self._become_user()
         try:
-            now = time.monotonic()
+            now = self.run_started = time.monotonic()
             for child in self.children:
-                self._spawn(child, now)
+                if child.role != "reader":     # offline: it waits for the answers' channel
+                    self._spawn(child, now)
             log.info("tcpcopyd running: %d rewrite worker(s), %d capture(s), intercepts %s",
                      self.config.workers, len(self.config.interfaces), ", ".join(self.config.intercepts))
             notify("READY=1")
@@ -241,6 +243,9 @@ class Supervisor:
 
     def _manage(self, now: float) -> None:
         for child in self.children:
+            if child.role == "reader" and child.process is None:
+                self._start_reader_when_answers_flow(child, now)
+                continue
             if child.role == "reader" and self._reader_exited(child, now):
                 continue
             was = child.life.state
@@ -260,6 +265,17 @@ class Supervisor:
                 child.process.kill()
             elif action is Action.SPAWN:
                 self._spawn(child, now)
+
+    def _start_reader_when_answers_flow(self, child: Child, now: float) -> None:
+        """Offline replay can wait, unlike a live capture: it starts once an interceptd is heard
+        (its first report came through), so the first handshakes' answers are not missed."""
+        relay = next((c for c in self.children if c.role == "responses"), None)
+        heard = relay is not None and bool(relay.view.extra.get("intercepts"))
+        waited = now - self.run_started
+        if heard or waited > READER_WAIT:
+            if not heard:
+                log.warning("offline: no interceptd heard after %.0f s; starting the replay anyway", waited)
+            self._spawn(child, now)
 
     def _reader_exited(self, child: Child, now: float) -> bool:
         """The offline reader runs once: done at the end of its files, fatal on a bad file."""

@@ -48,17 +48,17 @@ def _child(status: dict, role: str) -> dict:
 
 def _after_fault_all_complete(rig: ReplicationRig) -> None:
     """New sessions after a fault replay byte-exact, every one."""
-    before = set(json.loads(line)["peer"] for line in rig.online_rec.read_text().splitlines())
+    started = time.time()
     rig.load("--seed", "9", "mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
     v = rig.verdict({}, time.time())
-    online = {json.loads(line)["peer"]: json.loads(line) for line in rig.online_rec.read_text().splitlines()}
-    target = {}
-    for line in rig.target_rec.read_text().splitlines():
-        rec = json.loads(line)
-        target[rec["peer"]] = rec
-    fresh = [p for p in online if p not in before]
-    assert len(fresh) == 105
-    missing = [p for p in fresh if target.get(p, {}).get("sha256") != online[p]["sha256"]]
+
+    def fresh(path: Path) -> dict[str, str]:
+        recs = (json.loads(line) for line in path.read_text().splitlines())
+        return {r["peer"]: r["sha256"] for r in recs if not r.get("open") and r["opened"] >= started}
+
+    online, target = fresh(rig.online_rec), fresh(rig.target_rec)
+    assert len(online) == 105
+    missing = [p for p, sha in online.items() if target.get(p) != sha]
     assert not missing, f"{len(missing)} sessions after the fault did not replay: {missing[:3]}"
     assert v.status["supervisor"]["state"] == "running"
 

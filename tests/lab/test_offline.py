@@ -65,7 +65,7 @@ def test_pcap_of_500_sessions_replays_byte_exact_at_topspeed(lab, rig, tmp_path)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and sum(_digests(rig.target_rec).values()) < 500:
         time.sleep(0.2)
-    assert _digests(rig.target_rec) == online
+    assert _digests(rig.target_rec) == online, done.stdout + done.stderr[-3000:]
     assert re.search(r"500 sessions started, 500 completed", done.stdout), done.stdout
 
 
