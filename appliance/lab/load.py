@@ -82,16 +82,24 @@ def parse_port_range(text: str) -> range:
     return range(int(low), int(high) + 1)
 
 
-async def exchange(client: Client, tally: Tally, requests: Iterable[bytes], server_closes: bool) -> None:
-    """One connection carrying `requests` one after another (each waits for its response), then closed."""
+async def open_counted(client: Client, tally: Tally) -> ClientConnection | None:
+    """A new connection, counted in the tally (or the failure, counted and sampled)."""
     try:
         conn = await client.connect()
     except ConnectionFailed as exc:
         tally.connect_failures += 1
         tally.error(str(exc))
-        return
+        return None
     tally.connections += 1
     tally.local_ports.add(conn.local_port)
+    return conn
+
+
+async def exchange(client: Client, tally: Tally, requests: Iterable[bytes], server_closes: bool) -> None:
+    """One connection carrying `requests` one after another (each waits for its response), then closed."""
+    conn = await open_counted(client, tally)
+    if conn is None:
+        return
     try:
         for request in requests:
             tally.requests += 1
@@ -143,14 +151,9 @@ async def run_burst(args: argparse.Namespace, client: Client, tally: Tally) -> N
 
 
 async def run_paced(args: argparse.Namespace, client: Client, tally: Tally) -> None:
-    try:
-        conn = await client.connect()
-    except ConnectionFailed as exc:
-        tally.connect_failures += 1
-        tally.error(str(exc))
+    conn = await open_counted(client, tally)
+    if conn is None:
         return
-    tally.connections += 1
-    tally.local_ports.add(conn.local_port)
     loop = asyncio.get_running_loop()
     request = get_request(client.host_header, "/paced")
     total = max(1, round(args.rate * args.duration))
@@ -205,18 +208,8 @@ async def read_stdin_line() -> str:
 
 
 async def run_hold(args: argparse.Namespace, client: Client, tally: Tally) -> None:
-    async def first() -> ClientConnection | None:
-        try:
-            conn = await client.connect()
-        except ConnectionFailed as exc:
-            tally.connect_failures += 1
-            tally.error(str(exc))
-            return None
-        tally.connections += 1
-        tally.local_ports.add(conn.local_port)
-        return conn
-
-    conns = [c for c in await asyncio.gather(*(first() for _ in range(args.conns))) if c is not None]
+    opened = await asyncio.gather(*(open_counted(client, tally) for _ in range(args.conns)))
+    conns = [c for c in opened if c is not None]
 
     async def send(conn: ClientConnection, n: int) -> bool:
         request = get_request(client.host_header, f"/hold/{conn.local_port}/{n}")
