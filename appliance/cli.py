@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--max-gap", type=float, default=0.0, metavar="MS", help="cut idle gaps longer than MS")
     off.add_argument("--offline-tail", type=float, default=30.0, metavar="S",
                      help="seconds to wait for open sessions after the files end (default 30)")
+    off.add_argument("--report-json", metavar="FILE", help="also write the final report, with every counter, as JSON")
     p.add_argument("-v", "--version", action="version", version=f"tcpcopyd {__version__}")
     return p
 
@@ -71,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     sup = Supervisor(config, args.config, args, offline_packets=sum(f.packets for f in files))
     code = sup.run()
     if config.offline:
-        from appliance.offline import report
-        print(report(sup, files))
+        from appliance.offline import report, report_data, write_json
+        data = report_data(sup, files)
+        print(report(data))
+        if args.report_json:
+            write_json(args.report_json, data)
     return code
 
 

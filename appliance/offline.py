@@ -5,13 +5,20 @@ Runs in tcpcopyd's main process: before the supervisor starts (scan) and after i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
-from appliance.control import child_rows, totals_of
+from appliance.control import child_rows, funnel, totals_of
 from appliance.pcapfile import FileSummary, scan
 
 if TYPE_CHECKING:
     from appliance.supervisor import Supervisor
+
+# Why a client connection of the files did not complete on the target: each has its counter.
+NOT_COMPLETED = ("sessions_reset_by_target", "sessions_reset_by_client", "sessions_timed_out",
+                 "handshake_timeouts", "handshake_refused", "port_reuse_resets", "sessions_evicted",
+                 "sessions_shutdown", "sessions_lost_in_restarts", "sessions_skipped_paused",
+                 "sessions_skipped_sampled", "capture_gaps", "buffer_overflows")
 
 
 def check_files(paths: tuple[str, ...]) -> list[FileSummary]:
@@ -19,29 +26,58 @@ def check_files(paths: tuple[str, ...]) -> list[FileSummary]:
     return [scan(p) for p in paths]
 
 
-def report(sup: Supervisor, files: list[FileSummary]) -> str:
+def report_data(sup: Supervisor, files: list[FileSummary]) -> dict[str, Any]:
+    """Everything the report says, as numbers (also written by --report-json)."""
     rows = child_rows(sup, 0.0)
     t = totals_of(rows)
     reader, rew = t["reader"], t["rewrite"]
     span = max((f.last_ns for f in files), default=0) - min((f.first_ns for f in files), default=0)
-    took = reader.get("replay_ms", 0) / 1000
-    speed = sup.config.speed
-    requested = "as fast as possible" if speed == 0 else f"{speed:g} x original ({span / 1e9 / speed:.2f} s)"
-    packets = sum(f.packets for f in files)
-    reset = rew.get("sessions_reset_by_target", 0) + rew.get("sessions_timed_out", 0) + \
-        rew.get("handshake_timeouts", 0) + rew.get("sessions_lost_in_restarts", 0)
     whole = (sup.drained_at - sup.reader_started_at) if sup.drained_at and sup.reader_started_at else None
+    return {
+        "files": [f.path for f in files],
+        "packets": sum(f.packets for f in files),
+        "file_span_s": span / 1e9,
+        "packets_for_transfers": reader.get("packets_kept", 0),
+        "client_connections": reader.get("client_connections", 0),
+        "speed": sup.config.speed,
+        "read_s": reader.get("replay_ms", 0) / 1000,
+        "end_to_end_s": whole,
+        "sessions_started": rew.get("sessions_started", 0),
+        "sessions_completed": rew.get("sessions_completed", 0),
+        "sessions_open_at_stop": rew.get("sessions_active", 0) if whole is None else 0,
+        "not_completed": {k: rew.get(k, 0) for k in NOT_COMPLETED if rew.get(k, 0)},
+        "bytes_sent": rew.get("bytes_sent", 0),
+        "bytes_acked": rew.get("bytes_acked", 0),
+        "funnel": funnel(rows),
+        "totals": t,
+    }
+
+
+def report(data: dict[str, Any]) -> str:
+    speed, span, took, packets = data["speed"], data["file_span_s"], data["read_s"], data["packets"]
+    requested = "as fast as possible" if speed == 0 else f"{speed:g} x original ({span / speed:.2f} s)"
+    lost = data["not_completed"]
     lines = [
-        f"offline replay of {len(files)} file(s): {packets:,} packets over {span / 1e9:.2f} s, "
-        f"{reader.get('packets_kept', 0):,} for the transfers, {reader.get('client_connections', 0):,} "
-        f"client connections",
-        f"replayed: {rew.get('sessions_started', 0):,} sessions started, {rew.get('sessions_completed', 0):,} "
-        f"completed, {reset:,} reset or timed out; {rew.get('bytes_sent', 0):,} bytes sent, "
-        f"{rew.get('bytes_acked', 0):,} acknowledged by the target",
-        f"timing: requested {requested}; took {took:.2f} s"
-        + (f" ({packets / took:,.0f} packets/s)" if took else ""),
+        f"offline replay of {len(data['files'])} file(s): {packets:,} packets over {span:.2f} s, "
+        f"{data['packets_for_transfers']:,} for the transfers, {data['client_connections']:,} client connections",
+        f"replayed: {data['sessions_started']:,} sessions started, {data['sessions_completed']:,} completed, "
+        f"{sum(lost.values()):,} reset or timed out; {data['bytes_sent']:,} bytes sent, "
+        f"{data['bytes_acked']:,} acknowledged by the target",
+        f"timing: requested {requested}; took {took:.2f} s" + (f" ({packets / took:,.0f} packets/s)" if took else ""),
     ]
-    if whole:
+    if lost:
+        lines.append("not completed: " + ", ".join(f"{k} {v:,}" for k, v in lost.items()))
+    if data["funnel"].get("in_queues"):
+        lines.append(f"read but never taken by a worker before the stop: {data['funnel']['in_queues']:,} packets")
+    if data["sessions_open_at_stop"]:
+        lines.append(f"still open when the tail ran out (--offline-tail): {data['sessions_open_at_stop']:,} sessions")
+    if data["end_to_end_s"]:
+        whole = data["end_to_end_s"]
         lines.append(f"replayed in {whole:.2f} s from the reader's start to the last session done "
                      f"({packets / whole:,.0f} packets/s end to end)")
     return "\n".join(lines)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, default=str)

@@ -70,10 +70,14 @@ def tcpreplay(lab: Lab, path: Path) -> dict:
 class Sampler(threading.Thread):
     """Samples CPU time and RSS of tcpcopyd's processes and interceptd while a replay runs."""
 
-    def __init__(self, rig: ReplicationRig) -> None:
+    def __init__(self, rig: ReplicationRig, profile_dir: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.rig, self.done = rig, threading.Event()
+        self.profile_dir = profile_dir
+        self.profilers: dict[str, subprocess.Popen] = {}
         self.cpu: dict[str, float] = {}
+        self.system: dict[str, float] = {}   # the kernel's share of `cpu` (syscalls, the target's stack)
+        self.base_system: dict[str, float] = {}
         self.base: dict[str, float] = {}     # CPU at the first sample: start-up is not replay work
         self.rss: dict[str, int] = {}
         self.latency: dict[str, float] = {}
@@ -84,8 +88,10 @@ class Sampler(threading.Thread):
             status = self.rig.status()
             if status:
                 for ch in status["children"]:
-                    if ch["pid"] and ch["role"] not in procs:
-                        procs.setdefault(f"{ch['role']}-{ch['index']}", psutil.Process(ch["pid"]))
+                    name = f"{ch['role']}-{ch['index']}"
+                    if ch["pid"] and name not in procs:
+                        procs[name] = psutil.Process(ch["pid"])
+                        self.profile(name, ch["pid"])
                     for k in ("capture_to_worker_p50_ms", "capture_to_worker_p99_ms"):
                         if k in ch["counters"]:
                             self.latency[k] = max(self.latency.get(k, 0.0), ch["counters"][k])
@@ -95,13 +101,49 @@ class Sampler(threading.Thread):
                     t = proc.cpu_times()
                     self.base.setdefault(name, t.user + t.system)
                     self.cpu[name] = t.user + t.system - self.base[name]
+                    self.base_system.setdefault(name, t.system)
+                    self.system[name] = t.system - self.base_system[name]
                     self.rss[name] = max(self.rss.get(name, 0), proc.memory_info().rss)
                 except psutil.Error:
                     pass
             time.sleep(0.1)
+        for prof in self.profilers.values():
+            prof.send_signal(signal.SIGINT)
+        for prof in self.profilers.values():
+            prof.wait(30)
+
+    def profile(self, name: str, pid: int) -> None:
+        """py-spy on one child for the rest of the replay (collapsed stacks, for `hotspots`)."""
+        if self.profile_dir is None:
+            return
+        out = self.profile_dir / f"{name}.txt"
+        self.profilers[name] = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "250",
+             "--nonblocking", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def replay(rig: ReplicationRig, lab: Lab, pcap: Path, packets: int, speed: str, pool: str) -> dict:
+def hotspots(path: Path, top: int = 12) -> list[tuple[str, float, float]]:
+    """(function, self %, inclusive %) from py-spy's collapsed stacks, most self time first."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+    ranked = sorted(own, key=own.__getitem__, reverse=True)[:top]
+    return [(f, 100 * own[f] / total, 100 * inclusive[f] / total) for f in ranked] if total else []
+
+
+def replay(rig: ReplicationRig, lab: Lab, pcap: Path, packets: int, speed: str, pool: str,
+           profile_dir: Path | None = None) -> dict:
     """One stateful replay. Every replay sends from its own client pool: the target keeps TIME_WAIT
     for the tuples of the previous one (it closed those connections first) for a minute."""
     for rec in (rig.target_rec,):
@@ -111,19 +153,20 @@ def replay(rig: ReplicationRig, lab: Lab, pcap: Path, packets: int, speed: str, 
     rig.start_services(("target",))
     ic = psutil.Process(rig.procs["interceptd"].pid)
     ic0 = sum(ic.cpu_times()[:2])
-    sampler = Sampler(rig)
+    sampler = Sampler(rig, profile_dir)
+    sampler.profile("interceptd", ic.pid)
     sampler.start()
     args = (["--topspeed"] if speed == "top" else ["--speed", speed]) + ["-c", pool]
-    done = rig.run_offline([str(pcap)], *args, "--offline-tail", "20", timeout=600)
+    report_json = rig.dir / "report.json"
+    done = rig.run_offline([str(pcap)], *args, "--offline-tail", "20", "--report-json", str(report_json),
+                           timeout=600)
     sampler.done.set()
     sampler.join()
     ic_cpu = sum(ic.cpu_times()[:2]) - ic0
-    whole = re.search(r"replayed in ([\d.]+) s", done.stdout)
-    took = float(whole.group(1)) if whole else 0.0
-    started = re.search(r"([\d,]+) sessions started, ([\d,]+) completed", done.stdout)
-    conns = re.search(r"([\d,]+) client connections", done.stdout)
-    n_conns = int(conns.group(1).replace(",", "")) if conns else 0
-    completed = int(started.group(2).replace(",", "")) if started else 0
+    rep = json.loads(report_json.read_text()) if report_json.exists() else {}
+    took = rep.get("end_to_end_s") or 0.0
+    n_conns = rep.get("client_connections", 0)
+    completed = rep.get("sessions_completed", 0)
     online_cpu = sum(v for k, v in sampler.cpu.items())
     return {
         "speed": speed, "seconds": took, "pps": round(packets / took) if took else 0,
@@ -131,8 +174,10 @@ def replay(rig: ReplicationRig, lab: Lab, pcap: Path, packets: int, speed: str, 
         "cpu_us_per_packet_online": round(1e6 * online_cpu / packets, 1),
         "cpu_us_per_packet_interceptd": round(1e6 * ic_cpu / packets, 1),
         "cpu_seconds_by_role": {k: round(v, 3) for k, v in sampler.cpu.items()},
+        "system_cpu_seconds_by_role": {k: round(v, 3) for k, v in sampler.system.items()},
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.rss.items()},
         "latency_ms": sampler.latency, "report": done.stdout.strip().splitlines(),
+        "not_completed": rep.get("not_completed", {}), "funnel": rep.get("funnel", {}),
     }
 
 
@@ -157,6 +202,8 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one workload, topspeed only")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more topspeed replay per workload under py-spy; print where the time goes")
     args = ap.parse_args()
     lab = Lab("tclperf")
     work = Path(tempfile.mkdtemp(prefix="tcpcopy-perf-"))
@@ -177,6 +224,13 @@ def main() -> None:
                 pools.append(f"198.18.{10 + len(pools)}.0/24")
                 lab.run("target", ["ip", "route", "add", pools[-1], "via", ADDR["assistant"]])
                 entry["replays"].append(replay(rig, lab, pcap, packets, speed, pools[-1]))
+            if args.profile:
+                pools.append(f"198.18.{10 + len(pools)}.0/24")
+                lab.run("target", ["ip", "route", "add", pools[-1], "via", ADDR["assistant"]])
+                prof_dir = work / f"profile-{name}"
+                prof_dir.mkdir()
+                replay(rig, lab, pcap, packets, "top", pools[-1], prof_dir)
+                entry["profile"] = {p.stem: hotspots(p) for p in sorted(prof_dir.glob("*.txt"))}
             results[name] = entry
     finally:
         rig.close()
@@ -195,6 +249,11 @@ def main() -> None:
                   f"{ratio:>6.2f} {r['completeness_pct']:>10} {r['cpu_us_per_packet_online']:>13} "
                   f"{r['cpu_us_per_packet_interceptd']:>11} "
                   f"{lat.get('capture_to_worker_p50_ms', 0):>5.1f}/{lat.get('capture_to_worker_p99_ms', 0):<5.1f}")
+    for name, e in results.items():
+        for role, rows in e.get("profile", {}).items():
+            print(f"\n{name}: {role}, self % / inclusive % of samples")
+            for func, own, incl in rows:
+                print(f"  {own:5.1f} {incl:5.1f}  {func}")
     print(f"results: {RESULTS / (stamp + '.json')} and .png; work files in {work}")
 
 

@@ -102,7 +102,7 @@ class Worker:
             self.publish_stats()
         finally:
             for sock in self._sockets:
-                sock.close(linger=0)
+                sock.close()             # each socket's own linger: 0 unless set otherwise
             self.ctx.term()
         return 0
 

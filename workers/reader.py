@@ -26,6 +26,7 @@ from workers.base import Worker, child_main
 log = logging.getLogger(__name__)
 
 BATCH = 256
+DELIVERY_LINGER_MS = 60_000   # at exit, queued batches still reach the workers (offline never drops)
 EXIT_DATA_ERROR = 65
 
 
@@ -46,6 +47,8 @@ class ReaderWorker(Worker):
         spec = self.spec
         self.pushes = [self.socket(zmq.PUSH, connect=wire.segments_endpoint(spec.run_dir, k), hwm=256)
                        for k in range(spec.shards)]
+        for sock in self.pushes:
+            sock.linger = DELIVERY_LINGER_MS
         self.builders = [wire.BatchBuilder(wire.KIND_SEGMENTS, 0) for _ in range(spec.shards)]
         self.stream = self._stream()
         self.pending: tuple[float, int, bytes] | None = None
