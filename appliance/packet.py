@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
-from array import array
 from dataclasses import dataclass
 
 # TCP flag bits
@@ -31,8 +29,9 @@ OPT_SACK_OK = 4
 OPT_TIMESTAMP = 8
 
 IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+IPV4_HEADER_INT = struct.Struct("!BBHHHBBHII")           # addresses as 32-bit ints
+IPV4_TCP_HEADER = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # both headers, no IP options
 TCP_HEADER = struct.Struct("!HHIIBBHHH")
-PSEUDO_HEADER = struct.Struct("!4s4sBBH")
 _U32 = struct.Struct("!I")
 _TS_OPTION = struct.Struct("!BBII")
 
@@ -75,6 +74,11 @@ class TcpSegment:
     payload_len: int
     ip_id: int
     ttl: int = 64
+
+    def from_client(self, ip: int, port: int) -> TcpSegment:
+        """This segment as if sent from another client address (a copy; dataclasses.replace is slow)."""
+        return TcpSegment(ip, self.dst_ip, port, self.dst_port, self.seq, self.ack, self.flags, self.window,
+                          self.options, self.payload, self.payload_len, self.ip_id, self.ttl)
 
     @property
     def seq_len(self) -> int:
@@ -142,6 +146,13 @@ def parse_options(options: bytes) -> TcpOptions:
     return out
 
 
+def ts_val_of(options: bytes) -> int | None:
+    """The timestamp option's TSval, or None; the usual NOP, NOP, TS layout without a walk."""
+    if len(options) == 12 and options[2] == OPT_TIMESTAMP and options[0] == OPT_NOP and options[3] == 10:
+        return _U32.unpack_from(options, 4)[0]
+    return parse_options(options).ts_val if options else None
+
+
 def timestamp_offset(options: bytes) -> int:
     """Offset of the timestamp option inside `options`, or -1."""
     i, n = 0, len(options)
@@ -192,34 +203,40 @@ def parse_ipv4_tcp(data: bytes | memoryview, keep_payload: bool = True) -> TcpSe
     n = len(data)
     if n < MIN_IP_HEADER + MIN_TCP_HEADER:
         raise MalformedPacket(f"too short for IPv4+TCP: {n} bytes")
-    ver_ihl, _tos, total_len, ip_id, frag, ttl, proto, _csum, src, dst = IPV4_HEADER.unpack_from(data, 0)
-    if ver_ihl >> 4 != 4:
-        raise MalformedPacket(f"not IPv4 (version {ver_ihl >> 4})")
-    ihl = (ver_ihl & 0x0F) * 4
-    if ihl < MIN_IP_HEADER:
-        raise MalformedPacket(f"bad IP header length {ihl}")
-    if proto != socket.IPPROTO_TCP:
+    if data[0] == 0x45:
+        # the common case, no IP options: both headers in one unpack
+        (_v, _tos, total_len, ip_id, frag, ttl, proto, _csum, src, dst,
+         sport, dport, seq, ack, off_byte, flags, window, _tcsum, _urg) = IPV4_TCP_HEADER.unpack_from(data, 0)
+        ihl = MIN_IP_HEADER
+    else:
+        ver_ihl, _tos, total_len, ip_id, frag, ttl, proto, _csum, src, dst = IPV4_HEADER_INT.unpack_from(data, 0)
+        if ver_ihl >> 4 != 4:
+            raise MalformedPacket(f"not IPv4 (version {ver_ihl >> 4})")
+        ihl = (ver_ihl & 0x0F) * 4
+        if ihl < MIN_IP_HEADER:
+            raise MalformedPacket(f"bad IP header length {ihl}")
+        if n < ihl + MIN_TCP_HEADER:
+            raise MalformedPacket(f"bad IP total length {total_len}")
+        sport, dport, seq, ack, off_byte, flags, window, _tcsum, _urg = TCP_HEADER.unpack_from(data, ihl)
+    if proto != 6:
         raise MalformedPacket(f"not TCP (protocol {proto})")
-    if frag & 0x1FFF or frag & 0x2000:
+    if frag & 0x3FFF:
         raise MalformedPacket("IP fragment")
     # Captures of offloaded (TSO/GRO) packets may carry total length 0: take the frame length.
     if total_len == 0:
         total_len = n
-    if total_len < ihl + MIN_TCP_HEADER or n < ihl + MIN_TCP_HEADER:
+    if total_len < ihl + MIN_TCP_HEADER:
         raise MalformedPacket(f"bad IP total length {total_len}")
-    sport, dport, seq, ack, off_byte, flags, window, _tcsum, _urg = TCP_HEADER.unpack_from(data, ihl)
-    doff = (off_byte >> 4) * 4
-    if doff < MIN_TCP_HEADER or ihl + doff > total_len or ihl + doff > n:
-        raise MalformedPacket(f"bad TCP data offset {doff}")
-    start = ihl + doff
-    payload_len = total_len - start
-    options = bytes(data[ihl + MIN_TCP_HEADER:start])
-    payload = bytes(data[start:min(total_len, n)]) if keep_payload else b""
-    return TcpSegment(
-        src_ip=int.from_bytes(src, "big"), dst_ip=int.from_bytes(dst, "big"),
-        src_port=sport, dst_port=dport, seq=seq, ack=ack, flags=flags & 0x3F, window=window,
-        options=options, payload=payload, payload_len=payload_len, ip_id=ip_id, ttl=ttl,
-    )
+    start = ihl + (off_byte >> 4) * 4
+    if start < ihl + MIN_TCP_HEADER or start > total_len or start > n:
+        raise MalformedPacket(f"bad TCP data offset {(off_byte >> 4) * 4}")
+    options = bytes(data[ihl + MIN_TCP_HEADER:start]) if start > ihl + MIN_TCP_HEADER else b""
+    if keep_payload and start < n and start < total_len:
+        payload = bytes(data[start:total_len if total_len < n else n])
+    else:
+        payload = b""
+    return TcpSegment(src, dst, sport, dport, seq, ack, flags & 0x3F, window, options, payload,
+                      total_len - start, ip_id, ttl)
 
 
 def _endpoint(data: bytes | memoryview, addr_at: int, port_at: int) -> tuple[int, int] | None:
@@ -272,42 +289,77 @@ def headers_only(ip_packet: bytes | memoryview) -> bytes:
     return bytes(ip_packet[:ihl + doff])
 
 
-_NATIVE_LITTLE = sys.byteorder == "little"
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """The RFC 1071 sum of `data` (16-bit big-endian words, odd length zero-padded), in 0..0xFFFF.
+
+    2**16 = 1 (mod 0xFFFF), so the whole buffer read as one big integer has the same residue as
+    the sum of its words: one C-speed conversion instead of a Python loop over words. Sums of
+    parts that start at even offsets add up (mod 0xFFFF) to the sum of the whole.
+    """
+    value = int.from_bytes(data, "big")
+    rest = (value << 8 if len(data) & 1 else value) % 0xFFFF
+    return rest if rest or not value else 0xFFFF      # ones' complement "negative zero" stays nonzero
 
 
-def internet_checksum(data: bytes | bytearray, initial: int = 0) -> int:
+def _finish(total: int) -> int:
+    """Checksum field for a sum: a nonzero sum that is 0 mod 0xFFFF folds to 0xFFFF, checksum 0."""
+    rest = total % 0xFFFF
+    if rest:
+        return 0xFFFF - rest
+    return 0 if total else 0xFFFF
+
+
+def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """RFC 1071 checksum, returned as a big-endian 16-bit value."""
-    if len(data) & 1:
-        data = bytes(data) + b"\x00"
-    words = array("H", data)
-    if _NATIVE_LITTLE:
-        words.byteswap()
-    total = sum(words) + initial
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return _finish(ones_sum(data) + initial)
+
+
+def build_into(
+    buf: bytearray | memoryview, at: int, src_ip: int, dst_ip: int, src_port: int, dst_port: int, seq: int,
+    ack: int, flags: int, window: int, options: bytes = b"", payload: bytes | memoryview = b"", ip_id: int = 0,
+    ttl: int = 64, payload_sum: int | None = None,
+) -> int:
+    """Write a complete IPv4/TCP packet into `buf` at `at`; its length. DF set, no IP options.
+
+    Both checksums are computed from the field values (each 32-bit field counts as its two
+    halves, which is its value mod 0xFFFF); only the options and payload bytes are summed.
+    `payload_sum` is ones_sum(payload) when the caller already has it. `options` must be a
+    multiple of 4 bytes long.
+    """
+    seq &= 0xFFFFFFFF
+    ack &= 0xFFFFFFFF
+    window &= 0xFFFF
+    ip_id &= 0xFFFF
+    n_opt = len(options)
+    tcp_len = MIN_TCP_HEADER + n_opt + len(payload)
+    off_flags = ((5 + n_opt // 4) << 12) | flags
+    total = src_ip + dst_ip + 6 + tcp_len + src_port + dst_port + seq + ack + off_flags + window
+    if n_opt:
+        total += ones_sum(options)
+    if payload:
+        total += ones_sum(payload) if payload_sum is None else payload_sum
+    ip_total = MIN_IP_HEADER + tcp_len
+    ip_csum = _finish(0x4500 + ip_total + ip_id + 0x4000 + (ttl << 8 | 6) + src_ip + dst_ip)
+    IPV4_TCP_HEADER.pack_into(buf, at, 0x45, 0, ip_total, ip_id, 0x4000, ttl, 6, ip_csum, src_ip, dst_ip,
+                              src_port, dst_port, seq, ack, off_flags >> 8, flags, window, _finish(total), 0)
+    at += 40
+    if n_opt:
+        buf[at:at + n_opt] = options
+        at += n_opt
+    if payload:
+        buf[at:at + len(payload)] = payload
+    return ip_total
 
 
 def build_ipv4_tcp(
     src_ip: int, dst_ip: int, src_port: int, dst_port: int, seq: int, ack: int, flags: int,
     window: int, options: bytes = b"", payload: bytes | memoryview = b"", ip_id: int = 0, ttl: int = 64,
+    payload_sum: int | None = None,
 ) -> bytes:
-    """A complete IPv4/TCP packet with both checksums filled in (DF set, no IP options)."""
+    """A complete IPv4/TCP packet as bytes (see build_into); options are zero-padded to 4 bytes."""
     if len(options) % 4:
         options = options + b"\x00" * (4 - len(options) % 4)
-    tcp_len = MIN_TCP_HEADER + len(options) + len(payload)
-    src = src_ip.to_bytes(4, "big")
-    dst = dst_ip.to_bytes(4, "big")
-    tcp = bytearray(TCP_HEADER.pack(src_port, dst_port, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                                    (5 + len(options) // 4) << 4, flags, window & 0xFFFF, 0, 0))
-    tcp += options
-    tcp += payload
-    csum = internet_checksum(PSEUDO_HEADER.pack(src, dst, 0, socket.IPPROTO_TCP, tcp_len) + tcp)
-    tcp[16] = csum >> 8
-    tcp[17] = csum & 0xFF
-    ip = bytearray(IPV4_HEADER.pack(0x45, 0, MIN_IP_HEADER + tcp_len, ip_id & 0xFFFF, 0x4000, ttl,
-                                    socket.IPPROTO_TCP, 0, src, dst))
-    icsum = internet_checksum(ip)
-    ip[10] = icsum >> 8
-    ip[11] = icsum & 0xFF
-    return bytes(ip + tcp)
+    buf = bytearray(40 + len(options) + len(payload))
+    build_into(buf, 0, src_ip, dst_ip, src_port, dst_port, seq, ack, flags, window, options, payload, ip_id, ttl,
+               payload_sum)
+    return bytes(buf)

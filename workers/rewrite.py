@@ -8,9 +8,7 @@ client address. Send errors are counted by errno; none stops the worker.
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +20,10 @@ from appliance.config import RewriteSpec, spec_from_json
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
 from appliance.engine.clientmap import ClientMap
-from appliance.packet import MalformedPacket, build_ipv4_tcp, int_to_ip, ip_to_int, parse_ipv4_tcp
+from appliance.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
 from appliance.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
+from workers.rawsend import RawSender
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,10 @@ class RewriteWorker(Worker):
         self.bad_frames = 0
         self.malformed = 0
         self.no_transfer = 0
-        self.send_errors: dict[str, int] = {}
-        self.packets_sent = 0
         self.segment_batches = 0
         self.segments_received = 0
         self.response_batches = 0
         self.capture_latency_max = 0.0
-        self._ip_text: dict[int, str] = {}
         self._handshakes_warned = 0
         self._latencies = [0.0] * LATENCY_SAMPLES   # capture -> worker, the most recent segments
         self._lat_at = 0
@@ -61,8 +57,8 @@ class RewriteWorker(Worker):
         self._next_handshake_warning = 0.0
 
     def setup(self) -> None:
-        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.sender = RawSender(self.spec.engine.mtu)
+        log.debug("rewrite %d: %s", self.index, "sendmmsg batches" if self.sender.batched else "one sendto each")
         self.segments = self.socket(zmq.PULL, bind=wire.segments_endpoint(self.run_dir, self.index), hwm=4096)
         self.responses = self.socket(zmq.PULL, bind=wire.responses_endpoint(self.run_dir, self.index),
                                      hwm=4096)
@@ -146,18 +142,11 @@ class RewriteWorker(Worker):
         table.flush(now)
 
     def _send(self, out: list[Emit]) -> None:
+        add = self.sender.add
         for e in out:
-            pkt = build_ipv4_tcp(e.src_ip, e.dst_ip, e.src_port, e.dst_port, e.seq, e.ack, e.flags,
-                                 e.window, e.options, e.payload, e.ip_id)
-            dst = self._ip_text.get(e.dst_ip)
-            if dst is None:
-                dst = self._ip_text[e.dst_ip] = int_to_ip(e.dst_ip)
-            try:
-                self.raw.sendto(pkt, (dst, 0))
-                self.packets_sent += 1
-            except OSError as exc:
-                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                self.send_errors[name] = self.send_errors.get(name, 0) + 1
+            add(e.src_ip, e.dst_ip, e.src_port, e.dst_port, e.seq, e.ack, e.flags, e.window, e.options,
+                e.payload, e.ip_id)
+        self.sender.flush()
 
     def counters(self) -> dict[str, Any]:
         self._warn_about_handshakes()
@@ -165,8 +154,8 @@ class RewriteWorker(Worker):
         out.update({
             "sessions_active": self.table.active(), "sessions_tracked": len(self.table.sessions),
             "client_tuples_in_use": len(self.table.clients), "client_tuples_exhausted": self.table.clients.exhausted,
-            "buffered_bytes": self.table.buffered_bytes(), "packets_sent": self.packets_sent,
-            "send_errors": dict(self.send_errors), "bad_frames": self.bad_frames,
+            "buffered_bytes": self.table.buffered_bytes(), "packets_sent": self.sender.sent,
+            "send_errors": dict(self.sender.errors), "bad_frames": self.bad_frames,
             "malformed": self.malformed, "no_transfer": self.no_transfer,
             "segment_batches": self.segment_batches, "segments_received": self.segments_received,
             "response_batches": self.response_batches,

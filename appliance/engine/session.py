@@ -19,7 +19,7 @@ from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.sending import Sender
 from appliance.engine.stream import INF, Chunk, ClientStream
 from appliance.packet import (
-    ACK, FIN, RST, SYN, TcpSegment, mss_option, parse_options, seq_diff, seq_le, seq_lt,
+    ACK, FIN, RST, SYN, TcpSegment, mss_option, parse_options, seq_diff, seq_le, seq_lt, ts_val_of,
 )
 
 __all__ = ["INF", "Chunk", "Emit", "Key", "Session", "State"]
@@ -152,8 +152,7 @@ class Session(Sender):
             if self.stream.online_base is None and seg.flags & ACK and seg.seq == self.stream.end:
                 self.stream.online_base = seg.ack    # the handshake's third segment
             return
-        ts_val = parse_options(seg.options).ts_val if seg.options else None
-        chunk = Chunk(seg.seq, seg.payload, seg.ack, seg.flags & (FIN | RST), t_capture, ts_val)
+        chunk = Chunk(seg.seq, seg.payload, seg.ack, seg.flags & (FIN | RST), t_capture, ts_val_of(seg.options))
         if self.state is State.RESYNC:
             self._resync_candidate(chunk, now)
         else:
@@ -224,7 +223,7 @@ class Session(Sender):
             self.ack_pending = True
             return
         if self.ts_ok and hdr.options:
-            ts = parse_options(hdr.options).ts_val
+            ts = ts_val_of(hdr.options)
             if ts is not None:
                 self.ts_recent = ts
         if hdr.flags & ACK:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import heapq
 import itertools
 
-import dataclasses
-
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.session import INF, Emit, Key, Session, State
@@ -54,7 +52,7 @@ class SessionTable:
             return
         new = bool(seg.flags & SYN and not seg.flags & ACK)
         for ip, port in self.clients.tuples(seg.src_ip, seg.src_port, target_ip, target_port, new):
-            self._client_copy(dataclasses.replace(seg, src_ip=ip, src_port=port), target_ip, target_port, now, t)
+            self._client_copy(seg.from_client(ip, port), target_ip, target_port, now, t)
 
     def _client_copy(self, seg: TcpSegment, target_ip: int, target_port: int, now: float, t: float) -> None:
         c = self.counters

@@ -333,3 +333,33 @@ def test_keys_of_headers_only_response():
 def test_rst_flag_constant_values():
     # the engine and the wire depend on the on-the-wire bit values
     assert (FIN, SYN, RST, PSH, ACK) == (1, 2, 4, 8, 16)
+
+
+# ---- arithmetic checksums against dpkt's word-by-word sum ----------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from appliance.packet import ones_sum  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=3000), st.integers(0, 3000).map(lambda n: b"\xff" * n),
+                 st.integers(0, 300).map(lambda n: b"\x00" * n)))
+def test_internet_checksum_equals_the_word_sum(data):
+    assert internet_checksum(data) == dpkt.in_cksum(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(src=st.integers(0, 2**32 - 1), dst=st.integers(0, 2**32 - 1), sport=st.integers(0, 65535),
+       dport=st.integers(0, 65535), seq=st.integers(0, 2**32 - 1), ack=st.integers(0, 2**32 - 1),
+       flags=st.integers(0, 0x3F), window=st.integers(0, 65535), ip_id=st.integers(0, 65535),
+       options=st.sampled_from([b"", b"\x02\x04\x05\xb4", b"\x01\x01\x08\x0a" + b"\xff" * 8]),
+       payload=st.binary(max_size=1460), given_sum=st.booleans())
+def test_built_packets_carry_checksums_a_receiver_accepts(src, dst, sport, dport, seq, ack, flags, window,
+                                                           ip_id, options, payload, given_sum):
+    pkt = build_ipv4_tcp(src, dst, sport, dport, seq, ack, flags, window, options, payload, ip_id,
+                         payload_sum=ones_sum(payload) if given_sum and payload else None)
+    assert dpkt.in_cksum(pkt[:20]) == 0                      # the IP header sums to 0xFFFF
+    pseudo = struct.pack("!IIBBH", src, dst, 0, 6, len(pkt) - 20)
+    assert dpkt.in_cksum(pseudo + pkt[20:]) == 0             # and so does the TCP segment
+    seg = parse_ipv4_tcp(pkt)
+    assert (seg.src_ip, seg.dst_ip, seg.seq, seg.ack, seg.flags, seg.payload) == (src, dst, seq, ack, flags, payload)
