@@ -21,9 +21,15 @@ mkdir -p "$context"
 cp "$dist/tcpcopy-common_${version}-1_amd64.deb" "$dist/tcpcopy-online_${version}-1_amd64.deb" \
    "$dist/tcpcopy-intercept_${version}-1_amd64.deb" "$here/entrypoint.sh" "$context/"
 for role in online intercept; do
+    old=$(podman image inspect --format '{{.Id}}' "localhost/tcpcopy-$role:$version" 2>/dev/null || true)
     podman build --quiet --pull=never --build-arg "VERSION=$version" --build-arg "BASE=$base" \
         -t "localhost/tcpcopy-$role:$version" -t "localhost/tcpcopy-$role:latest" \
         -f "$here/Containerfile.$role" "$context" >/dev/null
+    new=$(podman image inspect --format '{{.Id}}' "localhost/tcpcopy-$role:$version")
+    # the image this one replaces, now untagged (kept if a container still uses it)
+    if [ -n "$old" ] && [ "$old" != "$new" ]; then
+        podman rmi "$old" >/dev/null 2>&1 || true
+    fi
     echo "built localhost/tcpcopy-$role:$version"
 done
 rm -rf "$context"
