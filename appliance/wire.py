@@ -82,16 +82,23 @@ class BatchBuilder:
         return frame
 
 
-def decode_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[tuple[int, memoryview]]]:
-    """Split a batch frame into (header, [(ts_ns, packet view)]). Raises WireError."""
-    view = memoryview(frame)
-    if len(view) < BATCH_HEADER.size:
-        raise WireError(f"batch frame too short: {len(view)} bytes")
-    version, kind, count, source, seq = BATCH_HEADER.unpack_from(view, 0)
+def decode_batch_header(frame: bytes | memoryview) -> BatchHeader:
+    """Only the header of a batch frame (the records are not checked). Raises WireError."""
+    if len(frame) < BATCH_HEADER.size:
+        raise WireError(f"batch frame too short: {len(frame)} bytes")
+    version, kind, count, source, seq = BATCH_HEADER.unpack_from(frame, 0)
     if version != VERSION:
         raise WireError(f"batch version {version}, expected {VERSION}")
     if kind not in (KIND_SEGMENTS, KIND_RESPONSES):
         raise WireError(f"unknown batch kind {kind}")
+    return BatchHeader(kind, count, source, seq)
+
+
+def decode_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[tuple[int, memoryview]]]:
+    """Split a batch frame into (header, [(ts_ns, packet view)]). Raises WireError."""
+    view = memoryview(frame)
+    header = decode_batch_header(view)
+    count = header.count
     records: list[tuple[int, memoryview]] = []
     at = BATCH_HEADER.size
     end = len(view)
@@ -106,7 +113,7 @@ def decode_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[tuple[int
         at += length
     if at != end:
         raise WireError(f"{end - at} trailing bytes after {count} records")
-    return BatchHeader(kind, count, source, seq), records
+    return header, records
 
 
 def iter_batch(frame: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:

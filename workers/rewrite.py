@@ -20,7 +20,8 @@ from appliance.config import RewriteSpec, spec_from_json
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
 from appliance.engine.clientmap import ClientMap
-from appliance.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
+from appliance.flowkey import shard_of
+from appliance.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp, server_key_of
 from appliance.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 from workers.rawsend import RawSender
@@ -132,7 +133,16 @@ class RewriteWorker(Worker):
         self.response_batches += 1
         now = time.monotonic()
         table = self.table
+        shards, mine = self.spec.shards, self.index
         for _ts, packet in records:
+            # the relay hands every worker the whole batch: take this shard's headers
+            key = server_key_of(packet)
+            if key is None:
+                if mine == 0:                 # one worker counts what belongs to none
+                    self.malformed += 1
+                continue
+            if shards > 1 and shard_of(key[0], key[1], shards) != mine:
+                continue
             try:
                 hdr = parse_ipv4_tcp(packet, keep_payload=False)
             except MalformedPacket:

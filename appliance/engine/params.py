@@ -26,6 +26,7 @@ class EngineParams:
     our_window: int = 65535          # window field in segments we forge
     max_sessions: int = 100_000      # tracked per worker; beyond it the oldest is reset and forgotten
     reuse_wait: float = 2.0          # a new SYN on a closing session's port waits this long for it
+    hibernate_after: float = 10.0    # an established session this long without traffic is packed (0: never)
 
 
 @dataclass(slots=True)
@@ -75,6 +76,7 @@ class EngineCounters:
     responses_late: int = 0          # for a session already closed
     response_gaps: int = 0           # response headers missing between two we saw
     bytes_acked: int = 0             # client payload bytes acknowledged by the target
+    sessions_hibernated: int = 0     # idle sessions packed into bytes (revived on their next packet)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

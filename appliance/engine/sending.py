@@ -6,10 +6,11 @@ no state of its own. Sans-io like the rest of the engine: it appends `Emit` comm
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from appliance.engine.model import Emit, State
-from appliance.engine.stream import INF, Chunk
+from appliance.engine.stream import INF, NO_CHUNKS, Chunk
 from appliance.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
 
 if TYPE_CHECKING:
@@ -75,7 +76,9 @@ class Sender(_Base):
         self._emit(chunk.seq, self.rcv_nxt, ACK | (PSH if chunk.data else 0) | (chunk.flags & FIN),
                    self._ts_options(chunk.ts_val), chunk.data)
         self.ack_pending = False
-        self.inflight.append(chunk)
+        if not self.inflight:
+            self.inflight = deque()
+        self.inflight.append(chunk)  # type: ignore[union-attr]
         self.inflight_bytes += len(chunk.data)
         self.snd_nxt = chunk.end
         if chunk.flags & FIN:
@@ -126,7 +129,7 @@ class Sender(_Base):
         self.state = State.CLOSED
         self.closed_at = now
         self.stream.restart_at(self.stream.end)
-        self.inflight.clear()
+        self.inflight = NO_CHUNKS
         self.inflight_bytes = 0
 
     def reset(self, now: float) -> None:

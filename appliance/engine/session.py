@@ -12,12 +12,13 @@ quiet pause after some), but never longer than `max_lag` after it was captured.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.sending import Sender
-from appliance.engine.stream import INF, Chunk, ClientStream
+from appliance.engine.stream import INF, NO_CHUNKS, NO_OOO, Chunk, ClientStream
 from appliance.packet import (
     ACK, FIN, RST, SYN, TcpSegment, mss_option, parse_options, seq_diff, seq_le, seq_lt, ts_val_of,
 )
@@ -63,7 +64,7 @@ class Session(Sender):
         self.client_isn = 0
         self.snd_una = 0
         self.snd_nxt = 0
-        self.inflight: deque[Chunk] = deque()
+        self.inflight: deque[Chunk] | tuple[()] = NO_CHUNKS
         self.inflight_bytes = 0
         self.syn_options = b""
         self.syn_window = 65535
@@ -137,6 +138,7 @@ class Session(Sender):
         self.payload_max = max(64, mss - (12 if self.ts_ok else 0))
         self.state = State.ESTABLISHED
         self.syn_rto_at = INF
+        self.syn_options = b""                 # only a SYN (re)sent from SYN_SENT needs them
         self.c.sessions_established += 1
         self._emit(self.snd_nxt, self.rcv_nxt, ACK, self._ts_options(None))   # third segment, forged
         self.c.acks_sent += 1
@@ -250,7 +252,7 @@ class Session(Sender):
             self.dupacks = 0
             self.rto = self.p.rto_min
             while self.inflight and seq_le(self.inflight[0].end, ack):
-                done = self.inflight.popleft()
+                done = self.inflight.popleft()  # type: ignore[union-attr]
                 self.inflight_bytes -= len(done.data)
                 self.c.bytes_acked += len(done.data)
             if self.inflight and seq_lt(self.inflight[0].seq, ack):
@@ -260,6 +262,8 @@ class Session(Sender):
                 head.seq = ack
                 self.inflight_bytes -= cut
                 self.c.bytes_acked += cut
+            if not self.inflight:
+                self.inflight = NO_CHUNKS
             self.rto_at = now + self.rto if self.inflight else INF
         elif ack == self.snd_una and self.inflight and not hdr.payload_len and wnd == self.snd_wnd:
             self.dupacks += 1
@@ -362,3 +366,66 @@ class Session(Sender):
             if self.resp_bytes > self.resp_at_release:
                 d = min(d, self.last_resp_data + self.p.response_quiet)
         return d
+
+    # ---- hibernation: an idle session packed into bytes ----------------------------------------
+    def can_hibernate(self) -> bool:
+        """Established, nothing queued or owed: all that is left is numbers (see `hibernate`)."""
+        return (self.state is State.ESTABLISHED and not self.inflight and not self.stream.unsent
+                and not self.stream.ooo and not self.ack_pending and self.held_since == INF)
+
+    def hibernate(self) -> bytes:
+        """This session's state as bytes (~250 instead of ~1,500 as objects). Runs in the owning
+        worker; an in-memory format, never on a wire. `deadline` comes first (see packed_deadline)."""
+        stream = self.stream
+        return _PACKED.pack(*[getattr(self, n) for n in _FLOATS], *[getattr(stream, n) for n in _STREAM_FLOATS],
+                            *[getattr(self, n) for n in _INTS], *[getattr(stream, n) for n in _STREAM_INTS],
+                            -1 if stream.online_base is None else stream.online_base,
+                            *[getattr(self, n) for n in _BOOLS], *[getattr(stream, n) for n in _STREAM_BOOLS],
+                            self.state)
+
+    @classmethod
+    def revive(cls, key: Key, packed: bytes, params: EngineParams, counters: EngineCounters,
+               out: list[Emit]) -> Session:
+        """The session `hibernate` packed, as it was."""
+        values = _PACKED.unpack(packed)
+        sess = cls.__new__(cls)
+        stream = ClientStream.__new__(ClientStream)
+        sess.key, sess.p, sess.c, sess.out, sess.stream = key, params, counters, out, stream
+        sess.inflight, sess.syn_options = NO_CHUNKS, b""
+        stream.c, stream.unsent, stream.ooo = counters, NO_CHUNKS, NO_OOO
+        at = 0
+        for owner, names in ((sess, _FLOATS), (stream, _STREAM_FLOATS), (sess, _INTS), (stream, _STREAM_INTS)):
+            for name in names:
+                setattr(owner, name, values[at])
+                at += 1
+        stream.online_base = None if values[at] == -1 else values[at]
+        at += 1
+        for owner, names in ((sess, _BOOLS), (stream, _STREAM_BOOLS)):
+            for name in names:
+                setattr(owner, name, values[at])
+                at += 1
+        sess.state = State(values[at])
+        return sess
+
+
+def packed_deadline(packed: bytes) -> float:
+    """The timer deadline of a hibernated session, without reviving it."""
+    return _DEADLINE.unpack_from(packed)[0]
+
+
+_FLOATS = ("deadline", "created", "last_client", "last_target", "closed_at", "syn_sent_at", "syn_rto_at",
+           "syn_interval", "last_resp_data", "rto", "rto_at", "persist_at", "held_since")
+_STREAM_FLOATS = ("gap_since",)
+_INTS = ("restarts", "ip_id", "client_isn", "snd_una", "snd_nxt", "inflight_bytes", "syn_window", "rcv_nxt",
+         "resp_bytes", "resp_at_release", "snd_wnd", "snd_wl1", "snd_wl2", "target_wscale", "ts_recent",
+         "last_ts_val", "payload_max", "dupacks")
+_STREAM_INTS = ("end", "unsent_bytes", "ooo_bytes", "last_need")
+_BOOLS = ("ts_ok", "fin_sent", "target_fin", "ack_pending")
+_STREAM_BOOLS = ("client_closed",)
+# Slots that are not numbers: restored from the table (key, params, counters, output list) or
+# empty by the precondition (queues, SYN options); `online_base` (int or None) and `state` are
+# packed by hand.
+NOT_PACKED = {"key", "p", "c", "out", "stream", "inflight", "syn_options", "state", "unsent", "ooo", "online_base"}
+_PACKED = struct.Struct("=" + "d" * (len(_FLOATS) + len(_STREAM_FLOATS)) + "q" * (len(_INTS) + len(_STREAM_INTS) + 1)
+                        + "?" * (len(_BOOLS) + len(_STREAM_BOOLS)) + "B")
+_DEADLINE = struct.Struct("=d")

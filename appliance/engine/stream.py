@@ -10,12 +10,20 @@ shows more than any earlier one starts a turn, and the session holds it until th
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from appliance.engine.params import EngineCounters
 from appliance.packet import FIN, seq_diff, seq_le, seq_lt
 
 INF = float("inf")
+
+# Most tracked sessions are idle: their queues are empty. An empty deque costs ~600 bytes and an
+# empty dict 64, so an empty queue is this shared tuple and an empty `ooo` this read-only mapping;
+# the real containers are made when something is queued and dropped when they empty again.
+NO_CHUNKS: tuple[()] = ()
+NO_OOO: Mapping[int, Chunk] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -44,8 +52,8 @@ class ClientStream:
     def __init__(self, counters: EngineCounters) -> None:
         self.c = counters
         self.end = 0                         # next client seq expected (end of the contiguous part)
-        self.unsent: deque[Chunk] = deque()
-        self.ooo: dict[int, Chunk] = {}
+        self.unsent: deque[Chunk] | tuple[()] = NO_CHUNKS
+        self.ooo: dict[int, Chunk] | Mapping[int, Chunk] = NO_OOO
         self.unsent_bytes = 0
         self.ooo_bytes = 0
         self.gap_since = INF                 # when the oldest unfilled hole appeared
@@ -56,8 +64,8 @@ class ClientStream:
     def restart_at(self, seq: int) -> None:
         """Empty the stream; the next byte expected is `seq` (turn accounting is kept)."""
         self.end = seq
-        self.unsent.clear()
-        self.ooo.clear()
+        self.unsent = NO_CHUNKS
+        self.ooo = NO_OOO
         self.unsent_bytes = self.ooo_bytes = 0
         self.gap_since = INF
 
@@ -68,7 +76,7 @@ class ClientStream:
     def take_ooo(self) -> list[Chunk]:
         """Remove and return the chunks beyond the hole, in sequence order."""
         pending = sorted(self.ooo.values(), key=lambda ch: seq_diff(ch.seq, self.end))
-        self.ooo.clear()
+        self.ooo = NO_OOO
         self.ooo_bytes = 0
         self.gap_since = INF
         return pending
@@ -88,7 +96,9 @@ class ClientStream:
             old = self.ooo.get(chunk.seq)
             if old is None or seq_lt(old.end, chunk.end):    # keep the longer of two at one seq
                 self.ooo_bytes += len(chunk.data) - (len(old.data) if old else 0)
-                self.ooo[chunk.seq] = chunk
+                if not self.ooo:
+                    self.ooo = {}
+                self.ooo[chunk.seq] = chunk  # type: ignore[index]
                 if self.gap_since == INF:
                     self.gap_since = now
             return
@@ -101,6 +111,7 @@ class ClientStream:
             self._append(nxt)
             advanced = True
         if not self.ooo:
+            self.ooo = NO_OOO
             self.gap_since = INF
         elif advanced:
             self.gap_since = now             # a later hole remains: its clock starts now
@@ -111,17 +122,19 @@ class ClientStream:
         Chunks buffered ahead of a hole may overlap each other (a retransmission segmented
         differently): one that starts before the stream's end but reaches past it is trimmed.
         """
-        nxt = self.ooo.pop(self.end, None)
+        ooo = self.ooo
+        assert isinstance(ooo, dict)           # only called while chunks are buffered
+        nxt = ooo.pop(self.end, None)
         if nxt is not None:
             self.ooo_bytes -= len(nxt.data)
             return nxt
-        for seq in [s for s in self.ooo if seq_lt(s, self.end)]:
-            ch = self.ooo[seq]
+        for seq in [s for s in ooo if seq_lt(s, self.end)]:
+            ch = ooo[seq]
             if seq_le(ch.end, self.end):             # wholly behind the stream: stale
-                del self.ooo[seq]
+                del ooo[seq]
                 self.ooo_bytes -= len(ch.data)
             elif nxt is None:                        # straddles the stream's end: trim and use
-                del self.ooo[seq]
+                del ooo[seq]
                 self.ooo_bytes -= len(ch.data)
                 ch.data = ch.data[seq_diff(self.end, ch.seq):]
                 ch.seq = self.end
@@ -136,7 +149,9 @@ class ClientStream:
             chunk.turn = chunk.boundary = True
             chunk.need = need - self.last_need
             self.last_need = need
-        self.unsent.append(chunk)
+        if not self.unsent:
+            self.unsent = deque()
+        self.unsent.append(chunk)  # type: ignore[union-attr]
         self.unsent_bytes += len(chunk.data)
         self.end = chunk.end
         if chunk.flags:
@@ -153,6 +168,8 @@ class ClientStream:
             head.seq = (head.seq + size) & 0xFFFFFFFF
             self.unsent_bytes -= size
             return part
-        self.unsent.popleft()
+        self.unsent.popleft()  # type: ignore[union-attr]
+        if not self.unsent:
+            self.unsent = NO_CHUNKS
         self.unsent_bytes -= len(head.data)
         return head

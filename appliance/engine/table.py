@@ -3,16 +3,19 @@
 Sans-io and single-threaded: a rewrite worker owns one `SessionTable`, feeds it captured
 client segments and target headers, calls `flush` after each batch and `poll` when
 `next_deadline` passes, and sends every `Emit` it takes from `take_output`.
+
+Idle established sessions are packed into bytes (`Session.hibernate`) after `hibernate_after`
+seconds without traffic, a few thousand per `poll`, and revived by `get` on their next event:
+a table of mostly idle keep-alive connections stays small.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.params import EngineCounters, EngineParams
-from appliance.engine.session import INF, Emit, Key, Session, State
+from appliance.engine.session import INF, Emit, Key, Session, State, packed_deadline
 from appliance.packet import ACK, RST, SYN, TcpSegment, seq_diff
 
 
@@ -25,17 +28,18 @@ class SessionTable:
         self.params = params or EngineParams()
         self.counters = counters or EngineCounters()
         self.clients = clients if clients is not None else ClientMap(0, 1)
-        self.sessions: dict[Key, Session] = {}
+        self.sessions: dict[Key, Session | bytes] = {}     # bytes: hibernated (see get)
         self._out: list[Emit] = []
         self._dirty: dict[Key, Session] = {}
-        self._timers: list[tuple[float, int, Key]] = []
-        self._tie = itertools.count()
+        self._timers: list[tuple[float, Key]] = []     # (when, key): the key breaks ties
         self.paused = False              # runtime: start no new sessions
         self.sample_rate = 1.0           # runtime: share of new connections replayed
         self._skipped: dict[Key, float] = {}   # connections not replayed, by choice; last seen
         # new connections on a port whose previous session is still closing: (deadline, segments)
         self._waiting: dict[Key, tuple[float, list[tuple[TcpSegment, float]]]] = {}
         self._next_purge = 0.0
+        self._sweep: list[Key] = []          # keys still to look at for hibernation
+        self._next_sweep = 0.0
 
     # ---- events -----------------------------------------------------------------------------
     def client_segment(self, seg: TcpSegment, target_ip: int, target_port: int, now: float,
@@ -58,6 +62,8 @@ class SessionTable:
         c = self.counters
         key = (seg.src_ip, seg.src_port, target_ip, target_port)
         sess = self.sessions.get(key)
+        if sess.__class__ is bytes:
+            sess = self.get(key)
         waiting = self._waiting.get(key)
         if waiting is not None:
             waiting[1].append((seg, t))      # the new connection queues behind the closing one
@@ -106,6 +112,8 @@ class SessionTable:
         self.counters.responses += 1
         key = (hdr.dst_ip, hdr.dst_port, hdr.src_ip, hdr.src_port)
         sess = self.sessions.get(key)
+        if sess.__class__ is bytes:
+            sess = self.get(key)
         if sess is None:
             self.counters.responses_unmatched += 1
             return
@@ -124,7 +132,7 @@ class SessionTable:
     def _start_waiting(self, now: float) -> None:
         """Connections queued behind a closing session on their port start once it is done."""
         for key, (deadline, segments) in list(self._waiting.items()):
-            old = self.sessions.get(key)
+            old = self.get(key)
             if old is not None and old.state is not State.CLOSED:
                 if now < deadline:
                     continue
@@ -145,10 +153,12 @@ class SessionTable:
         timers = self._timers
         while timers and timers[0][0] <= now and limit > 0:
             limit -= 1
-            when, _, key = heapq.heappop(timers)
-            sess = self.sessions.get(key)
-            if sess is None or sess.deadline != when:
+            when, key = heapq.heappop(timers)
+            found = self.sessions.get(key)
+            if found is None or (packed_deadline(found) if isinstance(found, bytes) else found.deadline) != when:
                 continue                     # stale entry: the session re-armed since
+            sess = self.get(key)
+            assert sess is not None
             sess.deadline = INF
             if sess.on_timer(now):
                 self._arm(sess, not_before=now + MIN_TIMER_STEP)
@@ -156,14 +166,16 @@ class SessionTable:
                 del self.sessions[key]
                 self.clients.release(key)
         self.flush(now)
+        if self.params.hibernate_after:
+            self._hibernate_some(now)
 
     def next_deadline(self) -> float:
         waiting = min((deadline for deadline, _ in self._waiting.values()), default=INF)
         timers = self._timers
         while timers:
-            when, _, key = timers[0]
+            when, key = timers[0]
             sess = self.sessions.get(key)
-            if sess is not None and sess.deadline == when:
+            if sess is not None and (packed_deadline(sess) if isinstance(sess, bytes) else sess.deadline) == when:
                 return min(when, waiting)
             heapq.heappop(timers)
         return waiting
@@ -173,19 +185,31 @@ class SessionTable:
         self._out.clear()     # sessions keep a reference to this very list
         return out
 
+    def get(self, key: Key) -> Session | None:
+        """The session of `key`, revived if it was hibernated."""
+        sess = self.sessions.get(key)
+        if isinstance(sess, bytes):
+            sess = self.sessions[key] = Session.revive(key, sess, self.params, self.counters, self._out)
+        return sess
+
     def shutdown(self, now: float) -> None:
         """Reset every open session on the target so its sockets are freed (tcpcopyd stops)."""
-        for sess in self.sessions.values():
+        for key in list(self.sessions):
+            sess = self.get(key)
+            assert sess is not None
             if sess.state in (State.SYN_SENT, State.ESTABLISHED):
                 self.counters.sessions_shutdown += 1
                 sess.reset(now)
 
     # ---- introspection ----------------------------------------------------------------------
     def active(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.state is not State.CLOSED)
+        return sum(1 for s in self.sessions.values() if isinstance(s, bytes) or s.state is not State.CLOSED)
+
+    def hibernated(self) -> int:
+        return sum(1 for s in self.sessions.values() if isinstance(s, bytes))
 
     def buffered_bytes(self) -> int:
-        return sum(s.buffered for s in self.sessions.values())
+        return sum(s.buffered for s in self.sessions.values() if not isinstance(s, bytes))
 
     # ---- internals --------------------------------------------------------------------------
     def _admit(self, key: Key, now: float) -> bool:
@@ -219,7 +243,9 @@ class SessionTable:
     def _evict_oldest(self, now: float) -> None:
         """Memory stays bounded: the oldest tracked session gives way (a SYN flood, say)."""
         key = next(iter(self.sessions))
-        sess = self.sessions.pop(key)
+        sess = self.get(key)
+        assert sess is not None
+        del self.sessions[key]
         if sess.state is not State.CLOSED:
             self.counters.sessions_evicted += 1
             sess.reset(now)
@@ -233,7 +259,37 @@ class SessionTable:
         if when != sess.deadline:
             sess.deadline = when
             if when != INF:
-                heapq.heappush(self._timers, (when, next(self._tie), sess.key))
+                heapq.heappush(self._timers, (when, sess.key))
+                if len(self._timers) > 2 * len(self.sessions) + 1024:
+                    self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop stale timer entries. A session re-armed later leaves its old entry behind until
+        that time comes: with long idle deadlines the heap would grow with every event."""
+        live = []
+        for key, sess in self.sessions.items():
+            when = packed_deadline(sess) if isinstance(sess, bytes) else sess.deadline
+            if when != INF:
+                live.append((when, key))
+        heapq.heapify(live)
+        self._timers = live
+
+    def _hibernate_some(self, now: float, budget: int = 2000) -> None:
+        """Pack sessions idle for `hibernate_after` seconds; a sweep over the table in slices."""
+        if not self._sweep:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + self.params.hibernate_after / 2
+            self._sweep = list(self.sessions)
+        quiet_since = now - self.params.hibernate_after
+        sweep, sessions = self._sweep, self.sessions
+        for _ in range(min(budget, len(sweep))):
+            key = sweep.pop()
+            sess = sessions.get(key)
+            if (isinstance(sess, Session) and sess.last_client <= quiet_since and sess.last_target <= quiet_since
+                    and key not in self._dirty and sess.can_hibernate()):
+                sessions[key] = sess.hibernate()
+                self.counters.sessions_hibernated += 1
 
 
 def _same_stream(sess: Session, seg: TcpSegment) -> bool:

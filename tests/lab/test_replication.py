@@ -8,6 +8,7 @@ The lab keeps the veth offloads at their defaults (on), so captures hold GSO sup
 from __future__ import annotations
 
 import subprocess
+import struct
 import sys
 import time
 
@@ -15,6 +16,7 @@ import pytest
 import zmq
 
 from appliance import wire
+from appliance.flowkey import shard_of
 from appliance.lab.netns import ADDR
 from appliance.lab.records import load_records, session_digests
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig
@@ -120,10 +122,17 @@ GARBAGE = [b"", b"\x00", b"hello world", b"\x01\x02\x00\x05" + b"\xff" * 40,
 
 
 def _malformed_ip_batches(kind: int) -> list[bytes]:
+    """Bad records for worker 0's queue; a response names a client of shard 0 (the relay hands every
+    worker every batch, and each takes its own shard's records)."""
     b = wire.BatchBuilder(kind, 77)
     client, online = bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2])
-    base = bytearray(b"\x45\x00\x00\x28\x00\x01\x40\x00\x40\x06\x00\x00" + client + online
-                     + b"\x9c\x40\x1f\x90" + b"\x00" * 8 + b"\xf0\x18\xff\xff\x00\x00\x00\x00")
+    port = next(p for p in range(40000, 41000) if shard_of(int.from_bytes(client, "big"), p, 2) == 0)
+    if kind == wire.KIND_SEGMENTS:
+        addresses, ports = client + online, struct.pack("!HH", port, 8080)
+    else:
+        addresses, ports = online + client, struct.pack("!HH", 8080, port)
+    base = bytearray(b"\x45\x00\x00\x28\x00\x01\x40\x00\x40\x06\x00\x00" + addresses
+                     + ports + b"\x00" * 8 + b"\xf0\x18\xff\xff\x00\x00\x00\x00")
     bad_doff = bytes(base)                                         # data offset 60 > packet
     not_tcp = bytes(base[:9] + b"\x11" + base[10:])               # UDP
     short = bytes(base[:30])

@@ -70,8 +70,8 @@ class Playbook:
     @property
     def session(self):
         """The one session of a single-connection playbook."""
-        (sess,) = self.table.sessions.values()
-        return sess
+        (key,) = self.table.sessions
+        return self.table.get(key)
 
     def advance_to(self, t: float) -> list[Emit]:
         """Set the clock to absolute time t (exactly, no float sum) and fire what is due."""
