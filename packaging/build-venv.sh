@@ -19,7 +19,8 @@ mkdir -p "$(dirname "$venv")"
 "$python" -m venv --without-pip "$venv"
 # the venv runs Debian's python3.11 by its versioned name: the package depends on exactly that
 ln -sfn "$python" "$venv/bin/python3"
-"$pip" --python "$venv/bin/python" install --quiet --no-compile --no-warn-script-location "$project"
+# no wheel cache: a cached pypcap wheel may have been built by another python 3.11 (its RUNPATH named it)
+"$pip" --python "$venv/bin/python" install --quiet --no-cache-dir --no-compile --no-warn-script-location "$project"
 
 # from STAGE/opt/tcpcopy-py to /opt/tcpcopy-py
 for f in "$venv"/bin/*; do

@@ -88,7 +88,7 @@ def installed(built: None) -> Iterator[list[str]]:
 def test_deb_metadata(built):
     fields = _run("dpkg-deb", "-f", str(deb("tcpcopy-common")), "Package", "Version", "Depends").stdout
     assert f"Version: {VERSION}-1" in fields
-    assert "Depends: python3.11, libpcap0.8, adduser" in fields
+    assert "Depends: python3.11, libpcap0.8, libc6 (>= 2.25), adduser" in fields
     online = _run("dpkg-deb", "-f", str(deb("tcpcopy-online")), "Depends").stdout
     assert f"tcpcopy-common (= {VERSION}-1)" in online
     info = _run("dpkg-deb", "-I", str(deb("tcpcopy-online")), "conffiles").stdout.split()
@@ -164,6 +164,16 @@ def test_installed_daemons_replicate_as_the_tcpcopy_user(installed, lab):
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_reinstall_keeps_the_admins_config_keys_and_enablement(installed):
+    conf = Path("/etc/tcpcopy/tcpcopy.toml")
+    conf.write_text(conf.read_text() + "\n# edited by the admin\n")
+    keys = {path: path.read_bytes() for path in CURVE.glob("*.key*")}
+    _run("dpkg", "-i", *(str(deb(name)) for name in PACKAGES))      # postinst configure with $2 set
+    assert conf.read_text().endswith("# edited by the admin\n")
+    assert {path: path.read_bytes() for path in CURVE.glob("*.key*")} == keys
+    assert (ENABLED / "tcpcopyd.service").is_symlink() and (ENABLED / "interceptd.service").is_symlink()
+
+
 def test_purge_removes_everything_but_the_user(installed):
     _run("dpkg", "--purge", *PACKAGES)
     assert not any(_installed(name) for name in PACKAGES)
@@ -193,7 +203,7 @@ def test_rpm_metadata_files_scripts_and_requirements(built):
     for name, daemon, conf in (("tcpcopy-online", "tcpcopyd", "tcpcopy.toml"),
                                ("tcpcopy-intercept", "interceptd", "intercept.toml")):
         assert q(name, "-l").split() == sorted([f"/etc/tcpcopy/{conf}", f"/usr/lib/systemd/system/{daemon}.service",
-                                                f"/usr/sbin/{daemon}"])
+                                                f"/usr/sbin/{daemon}", f"/usr/share/doc/{name}/copyright"])
         assert q(name, "-c").split() == [f"/etc/tcpcopy/{conf}"]          # %config(noreplace)
         scripts = q(name, "--scripts")
         assert f"keygen --dir /etc/tcpcopy/curve {daemon}" in scripts
@@ -204,4 +214,4 @@ def test_rpm_metadata_files_scripts_and_requirements(built):
     scripts = q("tcpcopy-common", "--scripts")
     assert "useradd -r -g tcpcopy" in scripts and "groupadd -r tcpcopy" in scripts
     requires = q("tcpcopy-common", "-R").splitlines()
-    assert {"python3.11", "libpcap", "shadow-utils"} <= set(requires)
+    assert {"python3.11", "libpcap", "glibc >= 2.25", "shadow-utils"} <= set(requires)
