@@ -1,7 +1,7 @@
 """The container images (`make images`, installed from the .debs) replicate through the lab.
 
 tcpcopyd and interceptd run in podman containers joined to the lab's namespaces (`--net=ns:`), with only
-NET_RAW and NET_ADMIN added; the HTTP services and the load run as in the other lab tests. No podman
+the capabilities NET_RAW and NET_ADMIN; the HTTP services and the load run as in the other lab tests. No podman
 network is made (a bridge network would turn on the host's ip_forward). Containers are removed at the
 end, also on failure; the images stay cached.
 """
@@ -43,8 +43,10 @@ class PodmanRig(ReplicationRig):
             return super()._start(name, host, argv, ready)
         container = f"{self.lab.prefix}-{name}"
         self.containers.append(container)
+        # nothing but the two capabilities the units grant
         podman = ["podman", "run", "--rm", "--pull=never", "--name", container,
-                  f"--net=ns:/run/netns/{self.lab.prefix}-{host}", "--cap-add=NET_RAW", "--cap-add=NET_ADMIN",
+                  f"--net=ns:/run/netns/{self.lab.prefix}-{host}",
+                  "--cap-drop=ALL", "--cap-add=NET_RAW", "--cap-add=NET_ADMIN",
                   "-v", f"{self.dir}:{self.dir}", "-v", f"{self.keys}:/etc/tcpcopy/curve", IMAGES[name], *argv]
         with open(self.dir / f"{name}.log", "w") as log:
             proc = subprocess.Popen(podman, stdout=log, stderr=log)

@@ -120,7 +120,7 @@ def _compose_config(name: str, env: dict[str, str]) -> subprocess.CompletedProce
 def test_compose_files_render_from_the_four_variables(name, expected):
     done = _compose_config(name, COMPOSE_ENV)
     assert done.returncode == 0, done.stderr[-2000:]
-    for text in expected:
+    for text in [*expected, "cap_drop:\n    - ALL\n"]:
         assert text in done.stdout, (text, done.stdout)
     missing = _compose_config(name, {k: v for k, v in COMPOSE_ENV.items() if k != "TARGET_IP"})
     assert missing.returncode != 0 and "TARGET_IP" in missing.stderr
