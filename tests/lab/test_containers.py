@@ -88,6 +88,10 @@ def _replicate(rig: PodmanRig) -> None:
         running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], check=True, capture_output=True,
                                  text=True).stdout.split()
         assert set(rig.containers) <= set(running)
+        # the image's tcpcopyctl, as an operator would ask it (README: podman exec CONTAINER tcpcopyctl status)
+        status = subprocess.run(["podman", "exec", f"{rig.lab.prefix}-tcpcopyd", "tcpcopyctl", "--run-dir",
+                                 rig.run_dir, "status"], check=False, capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
         load = rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
         v = rig.verdict(load, time.time())
     finally:
