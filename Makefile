@@ -34,10 +34,13 @@ lab-down: setup
 	$(VENV)/bin/tcpcopy-lab down --all
 
 # Benchmarks (not part of the tests): tcpreplay's stateless ceiling against stateful replay, side by side.
+# nginx-light is the fast HTTP target (its service is never started: perf/run.py runs its own in the lab).
+PERF_APT_PACKAGES := tcpreplay nginx-light
 perf: setup
-	@dpkg -s tcpreplay >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y tcpreplay)
-	$(VENV)/bin/pip install -q matplotlib
-	$(VENV)/bin/python perf/run.py
+	@missing=""; for pkg in $(PERF_APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
+	$(VENV)/bin/pip install -q matplotlib py-spy
+	$(VENV)/bin/python perf/run.py $(PERF_ARGS)
 
 # ---- Packages and container images (packaging/) ------------------------------------------------------
 # `make packages`: dist/*.deb and dist/*.rpm with nfpm (tcpcopy-common, tcpcopy-online, tcpcopy-intercept).

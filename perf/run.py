@@ -1,16 +1,21 @@
-"""`make perf`: stateful offline replay against tcpreplay's stateless ceiling, side by side.
+"""`make perf`: stateful replay of generated captures against tcpreplay's stateless ceiling, side by side.
 
-    sudo .venv/bin/python perf/run.py [--quick]
+    sudo .venv/bin/python perf/run.py [--quick] [--profile]
 
-For each workload, captured live in the lab from the real client and service (tcpdump, offloads
-off so every frame fits the MTU):
-1. `tcpreplay --topspeed` of the pcap out of the online host's veth: the stateless ceiling of
-   the path on this machine;
-2. `tcpcopyd --offline --topspeed`, then at fixed speeds, through the live target (the lab's
-   Python HTTP service, which is itself a ceiling: the report says so when it is busy).
-Reports packets/s, Mbit/s, session completeness, the ratio to tcpreplay, CPU microseconds per
-packet per role (psutil), peak RSS, capture-to-worker latency; writes perf/results/<time>.json and
-.png and prints the table. The lab is torn down at the end, also on failure.
+Builds its own lab (prefix tclperf, torn down at the end, also on failure), starts fast real
+targets in the target host (nginx from Debian for HTTP, PostgreSQL for the database workload),
+asks them how long their answers are, and generates the captures with dpkt (perf/workloads.py).
+For each workload, in one run:
+1. `tcpreplay --topspeed` of the capture out of the online host's veth: the stateless ceiling
+   of the path on this machine ("line rate");
+2. `tcpcopyd --offline --topspeed` through the live target, then at rising fixed rates
+   (1x, 2x, 4x the capture's own rate).
+Reports packets/s, Mbit/s, session and byte completeness, the ratio to tcpreplay, CPU
+microseconds per packet per role (psutil; the whole online side against the original tcpcopy's
+22-27), peak RSS, capture-to-worker latency, the target's and the machine's CPU (so a run that
+the target or the 2 cores bound says so); writes perf/results/<time>.json and .png and prints
+the table. `--profile` adds one topspeed replay per workload under py-spy and prints where the
+time goes, per process.
 """
 
 from __future__ import annotations
@@ -25,42 +30,108 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from appliance.lab.netns import ADDR, MAC, Lab
+from appliance.lab.postgres import PgCluster
 from appliance.lab.rig import ReplicationRig
-from appliance.pcapfile import scan
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workloads import CALIBRATE, Workload, pg_startup, standard, write_pcap  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORKLOADS = {
-    "short": ("burst", "--conns", "4000", "--concurrency", "20"),
-    "keepalive": ("mix", "--short", "0", "--keepalive", "40", "--per-conn", "150", "--concurrency", "20"),
-    "upload": ("mix", "--short", "0", "--keepalive", "20", "--per-conn", "8", "--post-every", "1",
-               "--post-size", "262144", "--concurrency", "10"),
-}
+SPEEDS = ("top", "1", "2", "4")
+ORIGINAL_US_PER_PACKET = (22, 27)     # the C tcpcopy, all-in, measured on this machine
+NGINX_CONF = """
+user root;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 65535; }}
+http {{
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    client_max_body_size 4m;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen {addr}:8080 backlog=65535;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
 
 
-def capture(lab: Lab, path: Path, load: tuple[str, ...]) -> None:
-    dump = lab.popen("online", ["tcpdump", "-i", "eth0", "-s", "0", "-B", "131072", "--immediate-mode", "-w",
-                                str(path), "tcp and dst host 198.18.0.2 and dst port 8080"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    lab.run("client", [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:8080", *load],
-            timeout=300)
-    time.sleep(1.5)
-    dump.send_signal(signal.SIGINT)
-    dump.wait(10)
+class Targets:
+    """nginx (HTTP) and PostgreSQL (database) in the target host; their pids for CPU sampling."""
+
+    def __init__(self, lab: Lab, work: Path) -> None:
+        self.lab, self.work = lab, work
+        self.nginx: subprocess.Popen | None = None
+        self.pg = PgCluster(lab, "target", work / "pg")
+
+    def start(self) -> None:
+        self.lab.run("target", ["sysctl", "-q", "-w", "net.core.somaxconn=65535",
+                                "net.ipv4.tcp_max_syn_backlog=65535"])
+        conf_dir = self.work / "nginx"
+        conf_dir.mkdir()
+        (conf_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=conf_dir, addr=ADDR["target"]))
+        self.nginx = self.lab.popen("target", ["nginx", "-p", str(conf_dir), "-c", str(conf_dir / "nginx.conf")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pg.init()
+        with open(self.pg.dir / "data" / "postgresql.conf", "a") as conf:
+            conf.write("max_connections = 300\n")
+        self.pg.start()
+
+    def pids(self) -> list[int]:
+        out = []
+        for top in ([self.nginx.pid] if self.nginx else []) + ([self.pg.proc.pid] if self.pg.proc else []):
+            try:
+                proc = psutil.Process(top)
+                out += [p.pid for p in [proc, *proc.children(recursive=True)]]
+            except psutil.Error:
+                pass
+        return out
+
+    def stop(self) -> None:
+        if self.nginx is not None and self.nginx.poll() is None:
+            self.nginx.terminate()
+            self.nginx.wait(10)
+        self.pg.stop()
 
 
-def tcpreplay(lab: Lab, path: Path) -> dict:
+def calibrate(lab: Lab, w: Workload) -> tuple[dict[bytes, int], int]:
+    """The target's answer length for each kind of request of the workload (and to a startup)."""
+    kind = "pg" if w.port == 5432 else "http"
+    requests = ([pg_startup()] if kind == "pg" else []) + w.requests
+    deadline = time.monotonic() + 20
+    while True:
+        done = lab.run("online", [sys.executable, "-c", CALIBRATE, ADDR["target"], str(w.port), kind,
+                                  *[r.hex() for r in requests]], check=False)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)                       # the target is still starting
+    if done.returncode != 0:
+        raise RuntimeError(f"calibrating {w.name} against {ADDR['target']}:{w.port}: {done.stderr}")
+    sizes = json.loads(done.stdout)
+    return {r: sizes[r.hex()] for r in w.requests}, sizes.get("startup", 0)
+
+
+def tcpreplay(lab: Lab, path: Path, port: int) -> dict:
     """The same packets, addressed to the target like tcpcopyd's copies, sent blindly."""
     to_target = path.with_suffix(".target.pcap")
     lab.run("online", ["tcprewrite", f"--infile={path}", f"--outfile={to_target}",
                        f"--enet-dmac={MAC['target']}", f"--dstipmap={ADDR['online']}/32:{ADDR['target']}/32",
                        # a closed port: the target answers RST and keeps no state for these tuples,
                        # which the stateful replays use afterwards
-                       "--portmap=8080:9", "--fixcsum"])
+                       f"--portmap={port}:9", "--fixcsum"])
     out = lab.run("online", ["tcpreplay", "--topspeed", "-i", "eth0", str(to_target)], check=False).stdout
     pps = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", out)
     mbps = re.search(r"Rated: [\d.]+ Bps, ([\d.]+) Mbps", out)
@@ -70,8 +141,10 @@ def tcpreplay(lab: Lab, path: Path) -> dict:
 class Sampler(threading.Thread):
     """Samples CPU time and RSS of tcpcopyd's processes and interceptd while a replay runs."""
 
-    def __init__(self, rig: ReplicationRig, profile_dir: Path | None = None) -> None:
+    def __init__(self, rig: ReplicationRig, profile_dir: Path | None = None,
+                 target_pids: list[int] | None = None) -> None:
         super().__init__(daemon=True)
+        self.target_pids = target_pids or []
         self.rig, self.done = rig, threading.Event()
         self.profile_dir = profile_dir
         self.profilers: dict[str, subprocess.Popen] = {}
@@ -81,10 +154,19 @@ class Sampler(threading.Thread):
         self.base: dict[str, float] = {}     # CPU at the first sample: start-up is not replay work
         self.rss: dict[str, int] = {}
         self.latency: dict[str, float] = {}
+        # every 0.1 s: (time, machine CPU times, CPU of tcpcopyd's processes, CPU of the target's)
+        self.timeline: list[tuple[float, Any, float, float]] = []
 
     def run(self) -> None:
         procs: dict[str, psutil.Process] = {}
         while not self.done.is_set():
+            for top in self.target_pids:            # servers that fork per connection: look again
+                try:
+                    parent = psutil.Process(top)
+                    for proc in [parent, *parent.children(recursive=True)]:
+                        procs.setdefault(f"target-{proc.pid}", proc)
+                except psutil.Error:
+                    pass
             status = self.rig.status()
             if status:
                 for ch in status["children"]:
@@ -106,11 +188,26 @@ class Sampler(threading.Thread):
                     self.rss[name] = max(self.rss.get(name, 0), proc.memory_info().rss)
                 except psutil.Error:
                     pass
+            self.timeline.append((time.monotonic(), psutil.cpu_times(),
+                                  sum(v for k, v in self.cpu.items() if not k.startswith("target-")),
+                                  sum(v for k, v in self.cpu.items() if k.startswith("target-"))))
             time.sleep(0.1)
         for prof in self.profilers.values():
             prof.send_signal(signal.SIGINT)
         for prof in self.profilers.values():
             prof.wait(30)
+
+    def busy_window(self) -> tuple[float, float, float]:
+        """(seconds, machine busy share, target CPU share of one core) while tcpcopyd worked: the
+        samples in which its processes used more than a fifth of a core."""
+        working = [i for i in range(1, len(self.timeline))
+                   if self.timeline[i][2] - self.timeline[i - 1][2] > 0.2 * (self.timeline[i][0] - self.timeline[i - 1][0])]
+        if not working:
+            return 0.0, 0.0, 0.0
+        (t0, m0, _, g0), (t1, m1, _, g1) = self.timeline[working[0] - 1], self.timeline[working[-1]]
+        total = sum(m1) - sum(m0)
+        idle = (m1.idle + m1.iowait) - (m0.idle + m0.iowait)
+        return t1 - t0, (1 - idle / total) if total else 0.0, (g1 - g0) / (t1 - t0) if t1 > t0 else 0.0
 
     def profile(self, name: str, pid: int) -> None:
         """py-spy on one child for the rest of the replay (collapsed stacks, for `hotspots`)."""
@@ -142,43 +239,55 @@ def hotspots(path: Path, top: int = 12) -> list[tuple[str, float, float]]:
     return [(f, 100 * own[f] / total, 100 * inclusive[f] / total) for f in ranked] if total else []
 
 
-def replay(rig: ReplicationRig, lab: Lab, pcap: Path, packets: int, speed: str, pool: str,
-           profile_dir: Path | None = None) -> dict:
+def replay(rig: ReplicationRig, pcap: Path, w: Workload, stats: dict, speed: str, pool: str,
+           targets: Targets, profile_dir: Path | None = None) -> dict:
     """One stateful replay. Every replay sends from its own client pool: the target keeps TIME_WAIT
-    for the tuples of the previous one (it closed those connections first) for a minute."""
-    for rec in (rig.target_rec,):
-        if rec.exists():
-            rec.unlink()
-    rig.stop("target-http")
-    rig.start_services(("target",))
+    for the tuples of the previous one for a minute."""
     ic = psutil.Process(rig.procs["interceptd"].pid)
     ic0 = sum(ic.cpu_times()[:2])
-    sampler = Sampler(rig, profile_dir)
+    sampler = Sampler(rig, profile_dir, targets.pids())
     sampler.profile("interceptd", ic.pid)
     sampler.start()
     args = (["--topspeed"] if speed == "top" else ["--speed", speed]) + ["-c", pool]
     report_json = rig.dir / "report.json"
+    if report_json.exists():
+        report_json.unlink()
     done = rig.run_offline([str(pcap)], *args, "--offline-tail", "20", "--report-json", str(report_json),
-                           timeout=600)
+                           timeout=600, port=w.port)
     sampler.done.set()
     sampler.join()
+    window, machine_busy, target_share = sampler.busy_window()
     ic_cpu = sum(ic.cpu_times()[:2]) - ic0
     rep = json.loads(report_json.read_text()) if report_json.exists() else {}
     took = rep.get("end_to_end_s") or 0.0
-    n_conns = rep.get("client_connections", 0)
-    completed = rep.get("sessions_completed", 0)
-    online_cpu = sum(v for k, v in sampler.cpu.items())
+    packets = stats["packets"]
+    online = {k: v for k, v in sampler.cpu.items() if not k.startswith("target-")}
+    span = stats["span_s"] / float(speed) if speed != "top" else 0.0
     return {
-        "speed": speed, "seconds": took, "pps": round(packets / took) if took else 0,
-        "completeness_pct": round(100 * completed / n_conns, 2) if n_conns else 0.0,
-        "cpu_us_per_packet_online": round(1e6 * online_cpu / packets, 1),
+        "speed": speed, "offered_pps": round(packets / span) if span else None, "seconds": took,
+        "pps": round(packets / took) if took else 0, "mbps": round(stats["bytes"] * 8 / took / 1e6, 1) if took else 0,
+        "completeness_pct": round(100 * rep.get("sessions_completed", 0) / stats["connections"], 2),
+        "bytes_acked_pct": round(100 * rep.get("bytes_acked", 0) / stats["payload_bytes"], 2),
+        "cpu_us_per_packet_online": round(1e6 * sum(online.values()) / packets, 1),
         "cpu_us_per_packet_interceptd": round(1e6 * ic_cpu / packets, 1),
-        "cpu_seconds_by_role": {k: round(v, 3) for k, v in sampler.cpu.items()},
-        "system_cpu_seconds_by_role": {k: round(v, 3) for k, v in sampler.system.items()},
-        "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.rss.items()},
+        "cpu_seconds_per_million_packets": {k: round(1e6 * v / packets, 2) for k, v in online.items()},
+        "system_cpu_seconds_by_role": {k: round(v, 3) for k, v in sampler.system.items()
+                                       if not k.startswith("target-")},
+        "target_cpu_pct": round(100 * target_share, 1), "machine_busy_pct": round(100 * machine_busy, 1),
+        "busy_window_s": round(window, 2),
+        "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.rss.items() if not k.startswith("target-")},
         "latency_ms": sampler.latency, "report": done.stdout.strip().splitlines(),
         "not_completed": rep.get("not_completed", {}), "funnel": rep.get("funnel", {}),
     }
+
+
+def bound_by(r: dict) -> str:
+    """What limited a replay: the target process, the machine's 2 cores, or neither."""
+    if r["target_cpu_pct"] >= 90:
+        return "target"
+    if r["machine_busy_pct"] >= 95:
+        return "2 cores"
+    return ""
 
 
 def plot(results: dict, path: Path) -> None:
@@ -186,75 +295,108 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(results)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [results[n]["tcpreplay"]["pps"] for n in names], 0.4, label="tcpreplay --topspeed")
-    ax.bar([x + 0.2 for x in xs], [results[n]["replays"][0]["pps"] for n in names], 0.4,
-           label="tcpcopyd --offline --topspeed")
-    ax.set_xticks(list(xs), names)
-    ax.set_ylabel("packets/s")
-    ax.set_title("stateless ceiling vs stateful replay, same lab, same pcap")
-    ax.legend()
+    left.bar([x - 0.2 for x in xs], [results[n]["tcpreplay"]["pps"] for n in names], 0.4,
+             label="tcpreplay --topspeed (stateless)")
+    left.bar([x + 0.2 for x in xs], [results[n]["replays"][0]["pps"] for n in names], 0.4,
+             label="tcpcopyd --offline --topspeed (stateful)")
+    left.set_xticks(list(xs), names)
+    left.set_yscale("log")
+    left.set_ylabel("packets/s (log)")
+    left.set_title("the path's stateless ceiling vs stateful replay")
+    left.legend(fontsize=8)
+    for n in names:
+        fixed = [r for r in results[n]["replays"] if r["offered_pps"]]
+        right.plot([r["offered_pps"] for r in fixed], [r["pps"] for r in fixed], marker="o", label=n)
+    top = max((r["offered_pps"] or 0) for n in names for r in results[n]["replays"]) if names else 1
+    right.plot([0, top], [0, top], linestyle=":", color="grey", label="achieved = offered")
+    right.set_xlabel("offered packets/s (capture rate x speed)")
+    right.set_ylabel("achieved packets/s, end to end")
+    right.set_title("fixed rates")
+    right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="one workload, topspeed only")
+    ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
     ap.add_argument("--profile", action="store_true",
                     help="one more topspeed replay per workload under py-spy; print where the time goes")
     args = ap.parse_args()
     lab = Lab("tclperf")
     work = Path(tempfile.mkdtemp(prefix="tcpcopy-perf-"))
-    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", "2"))
+    work.chmod(0o755)             # the postgres user reaches its data directory below
+    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", "2"),
+                         intercept_filter=f"tcp and src host {ADDR['target']} and (src port 8080 or src port 5432)")
+    targets = Targets(lab, work)
     results: dict = {}
     pools: list[str] = []
+
+    def fresh_pool() -> str:
+        pools.append(f"198.18.{10 + len(pools)}.0/24")
+        lab.run("target", ["ip", "route", "add", pools[-1], "via", ADDR["assistant"]])
+        return pools[-1]
+
+    workloads = standard()
+    if args.quick:
+        workloads = [workloads[0], workloads[3]]
     try:
         lab.down()
         lab.up(offloads=False)
-        rig.start_services()
+        targets.start()
         rig.start_interceptd()
-        for name, load in list(WORKLOADS.items())[:1 if args.quick else None]:
-            pcap = work / f"{name}.pcap"
-            capture(lab, pcap, load)
-            packets = scan(str(pcap)).packets
-            entry = {"packets": packets, "tcpreplay": tcpreplay(lab, pcap), "replays": []}
-            for speed in (["top"] if args.quick else ["top", "1", "4"]):
-                pools.append(f"198.18.{10 + len(pools)}.0/24")
-                lab.run("target", ["ip", "route", "add", pools[-1], "via", ADDR["assistant"]])
-                entry["replays"].append(replay(rig, lab, pcap, packets, speed, pools[-1]))
+        for w in workloads:
+            answers, first = calibrate(lab, w)
+            pcap = work / f"{w.name}.pcap"
+            stats = write_pcap(w, pcap, answers, ADDR["client"], ADDR["online"], MAC["client"], MAC["online"], first)
+            entry = {"workload": w.name, **stats, "answer_bytes": list(answers.values()),
+                     "tcpreplay": tcpreplay(lab, pcap, w.port), "replays": []}
+            for speed in (["top"] if args.quick else SPEEDS):
+                entry["replays"].append(replay(rig, pcap, w, stats, speed, fresh_pool(), targets))
+                print(f"{w.name} {speed}: {entry['replays'][-1]['pps']:,} packets/s", file=sys.stderr)
             if args.profile:
-                pools.append(f"198.18.{10 + len(pools)}.0/24")
-                lab.run("target", ["ip", "route", "add", pools[-1], "via", ADDR["assistant"]])
-                prof_dir = work / f"profile-{name}"
+                prof_dir = work / f"profile-{w.name}"
                 prof_dir.mkdir()
-                replay(rig, lab, pcap, packets, "top", pools[-1], prof_dir)
+                replay(rig, pcap, w, stats, "top", fresh_pool(), targets, prof_dir)
                 entry["profile"] = {p.stem: hotspots(p) for p in sorted(prof_dir.glob("*.txt"))}
-            results[name] = entry
+            results[w.name] = entry
     finally:
         rig.close()
+        targets.stop()
         lab.down()
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / f"{stamp}.png")
-    print(f"{'workload':<10} {'packets':>8} {'tcpreplay pps':>14} {'speed':>6} {'tcpcopyd pps':>13} {'ratio':>6} "
-          f"{'complete %':>10} {'us/pkt online':>13} {'us/pkt icpt':>11} {'p50/p99 ms':>12}")
+    print_table(results)
+    print(f"results: {RESULTS / (stamp + '.json')} and .png; work files in {work}")
+
+
+def print_table(results: dict) -> None:
+    print(f"{'workload':<15} {'packets':>8} {'speed':>5} {'offered':>8} {'pps':>8} {'Mbit/s':>7} "
+          f"{'x tcpreplay':>11} {'sessions %':>10} {'bytes %':>7} {'us/pkt':>6} {'icpt':>5} "
+          f"{'RSS MiB':>7} {'p50/p99 ms':>11} {'target%':>7} {'busy%':>5} {'bound':>7}")
     for name, e in results.items():
+        print(f"{name:<15} {e['packets']:>8,} {'':>5} {'':>8} {e['tcpreplay']['pps']:>8,.0f} "
+              f"{e['tcpreplay']['mbps']:>7.0f}   (tcpreplay --topspeed, stateless)")
         for r in e["replays"]:
             ratio = r["pps"] / e["tcpreplay"]["pps"] if e["tcpreplay"]["pps"] else 0
             lat = r["latency_ms"]
-            print(f"{name:<10} {e['packets']:>8} {e['tcpreplay']['pps']:>14,.0f} {r['speed']:>6} {r['pps']:>13,} "
-                  f"{ratio:>6.2f} {r['completeness_pct']:>10} {r['cpu_us_per_packet_online']:>13} "
-                  f"{r['cpu_us_per_packet_interceptd']:>11} "
-                  f"{lat.get('capture_to_worker_p50_ms', 0):>5.1f}/{lat.get('capture_to_worker_p99_ms', 0):<5.1f}")
+            print(f"{'':<15} {'':>8} {r['speed']:>5} {r['offered_pps'] or '-':>8} {r['pps']:>8,} {r['mbps']:>7} "
+                  f"{ratio:>11.3f} {r['completeness_pct']:>10} {r['bytes_acked_pct']:>7} "
+                  f"{r['cpu_us_per_packet_online']:>6} {r['cpu_us_per_packet_interceptd']:>5} "
+                  f"{max(r['peak_rss_mib'].values(), default=0):>7} "
+                  f"{lat.get('capture_to_worker_p50_ms', 0):>5.1f}/{lat.get('capture_to_worker_p99_ms', 0):<5.1f} "
+                  f"{r['target_cpu_pct']:>7} {r['machine_busy_pct']:>5} {bound_by(r):>7}")
+    print(f"us/pkt: CPU of every tcpcopyd process per packet of the file (the original tcpcopy: "
+          f"{ORIGINAL_US_PER_PACKET[0]}-{ORIGINAL_US_PER_PACKET[1]} us per captured packet); icpt: interceptd's")
     for name, e in results.items():
         for role, rows in e.get("profile", {}).items():
             print(f"\n{name}: {role}, self % / inclusive % of samples")
             for func, own, incl in rows:
                 print(f"  {own:5.1f} {incl:5.1f}  {func}")
-    print(f"results: {RESULTS / (stamp + '.json')} and .png; work files in {work}")
 
 
 if __name__ == "__main__":

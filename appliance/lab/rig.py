@@ -136,10 +136,13 @@ class ReplicationRig:
             time.sleep(0.2)
         raise RuntimeError(f"tcpcopyd did not come up; see {self.dir / 'tcpcopyd.log'}")
 
-    def run_offline(self, files: list[str], *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess:
-        """tcpcopyd --offline on the online host, to the end of the files; its output and exit code."""
+    def run_offline(self, files: list[str], *args: str, timeout: float = 180.0,
+                    port: int | None = None) -> subprocess.CompletedProcess:
+        """tcpcopyd --offline on the online host, to the end of the files; its output and exit code.
+        `port`: the service port of the files' connections (default: the rig's)."""
+        port = port or self.port
         argv = [self._daemon("tcpcopyd"), "-x",
-                f"{ADDR['online']}:{self.port}-{self.place.send_to or f'{self.place.target_bind}:{self.port}'}",
+                f"{ADDR['online']}:{port}-{self.place.send_to or f'{self.place.target_bind}:{port}'}",
                 "-s", self.intercepts, "--run-dir", self.run_dir,
                 "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),
                 "--intercept-public-key", str(self.keys / "interceptd.key"), *self.tcpcopyd_args,
