@@ -34,7 +34,7 @@ lab-down: setup
 	$(VENV)/bin/tcpcopy-lab down --all
 
 # Benchmarks (not part of the tests): tcpreplay's stateless ceiling against stateful replay, side by side.
-# nginx-light is the fast HTTP target (its service is never started: perf/run.py runs its own in the lab).
+# nginx-light is the fast HTTP target: perf/run.py runs its own nginx inside the lab (Debian's service is not used).
 PERF_APT_PACKAGES := tcpreplay nginx-light
 perf: setup
 	@missing=""; for pkg in $(PERF_APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
