@@ -59,7 +59,8 @@ def test_pcap_of_500_sessions_replays_byte_exact_at_topspeed(lab, rig, tmp_path)
     assert load["connections"] == 500
     online = _digests(rig.online_rec)
     rig.online_rec.unlink()                            # the replay's truth is the capture
-    done = rig.run_offline([str(pcap)], "--topspeed")
+    report = tmp_path / "report.json"
+    done = rig.run_offline([str(pcap)], "--topspeed", "--report-json", str(report))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "500 client connections" in done.stdout
     deadline = time.monotonic() + 20
@@ -67,6 +68,9 @@ def test_pcap_of_500_sessions_replays_byte_exact_at_topspeed(lab, rig, tmp_path)
         time.sleep(0.2)
     assert _digests(rig.target_rec) == online, done.stdout + done.stderr[-3000:]
     assert re.search(r"500 sessions started, 500 completed", done.stdout), done.stdout
+    data = json.loads(report.read_text())
+    assert data["sessions_completed"] == data["client_connections"] == 500 and not data["not_completed"]
+    assert data["funnel"]["in_queues"] == 0 and data["funnel"]["lost_at"] == []
 
 
 def test_speed_and_gap_cutting(lab, rig, tmp_path):
