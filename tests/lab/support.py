@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -107,3 +108,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+class HeldConnections:
+    """`load hold` in the client host: keep-alive connections with one request answered each,
+    held open until `finish` sends the rest; `with` kills it if a test fails before that."""
+
+    def __init__(self, lab: Lab, conns: int, per_conn: int, server: str = f"{ADDR['online']}:8080") -> None:
+        self.proc = lab.popen("client", [sys.executable, "-m", "appliance.lab.load", "--server", server, "hold",
+                                         "--conns", str(conns), "--per-conn", str(per_conn)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> HeldConnections:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        assert line == "READY", f"load hold did not get its connections open: {line!r}"
+        return self
+
+    def finish(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Send the remaining requests on every connection and close them; the load's summary."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        out, _ = self.proc.communicate(timeout=timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -16,6 +16,7 @@ import pytest
 
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.rig import ReplicationRig
+from tests.lab.support import HeldConnections
 
 pytestmark = pytest.mark.lab
 
@@ -99,24 +100,13 @@ def test_interceptd_restarted_under_load(rig, lab):
 def test_target_service_restarted(rig, lab):
     """Keep-alive connections outlive a restart of the target service: the target resets them at
     their next request, and each restarts on a new connection from that turn."""
-    holder = lab.popen("client", [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:8080",
-                                  "hold", "--conns", "20", "--per-conn", "30"],
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "READY"      # one request answered on each
+    with HeldConnections(lab, 20, 30) as held:           # one request answered on each
         time.sleep(1.0)
         rig.stop("target-http")
         time.sleep(0.5)
         rig.target_rec.rename(rig.target_rec.with_suffix(".before"))
         rig.start_services(("target",))
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        out, _ = holder.communicate(timeout=60)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
-    assert json.loads(out.strip().splitlines()[-1])["errors"] == 0
+        assert held.finish()["errors"] == 0
     status = rig.fresh_status()
     rewrite = status["totals"]["rewrite"]
     print(f"target restart: reset by target {rewrite['sessions_reset_by_target']}, restarts {rewrite['restarts']}")

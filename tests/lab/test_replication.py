@@ -7,7 +7,6 @@ The lab keeps the veth offloads at their defaults (on), so captures hold GSO sup
 
 from __future__ import annotations
 
-import subprocess
 import struct
 import sys
 import time
@@ -20,6 +19,7 @@ from appliance.flowkey import shard_of
 from appliance.lab.netns import ADDR
 from appliance.lab.records import load_records, session_digests
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig
+from tests.lab.support import HeldConnections
 
 pytestmark = pytest.mark.lab
 
@@ -59,21 +59,10 @@ def test_sessions_open_before_tcpcopyd_starts_still_replay(rig_factory, lab):
     rig = rig_factory()
     rig.start_services()
     rig.start_interceptd()
-    argv = [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:{SERVICE_PORT}",
-            "hold", "--conns", "20", "--per-conn", "10"]
-    holder = lab.popen("client", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "READY"
+    with HeldConnections(lab, 20, 10, f"{ADDR['online']}:{SERVICE_PORT}") as held:
         rig.start_tcpcopyd()
         time.sleep(0.5)
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        out, _ = holder.communicate(timeout=60)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
-    assert '"errors":0' in out.replace(" ", "")
+        assert held.finish()["errors"] == 0
     v = rig.verdict({}, time.time())
     online = load_records(rig.online_rec)
     target = load_records(rig.target_rec)
