@@ -113,8 +113,8 @@ def calibrate(lab: Lab, w: Workload) -> tuple[dict[bytes, int], int]:
     requests = ([pg_startup()] if kind == "pg" else []) + w.requests
     deadline = time.monotonic() + 20
     while True:
-        done = lab.run("online", [sys.executable, "-c", CALIBRATE, ADDR["target"], str(w.port), kind,
-                                  *[r.hex() for r in requests]], check=False)
+        done = lab.run("online", [sys.executable, "-c", CALIBRATE, ADDR["target"], str(w.port), kind],
+                       input="\n".join(r.hex() for r in requests), check=False)
         if done.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)                       # the target is still starting
@@ -322,6 +322,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
+    ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
     ap.add_argument("--profile", action="store_true",
                     help="one more topspeed replay per workload under py-spy; print where the time goes")
     args = ap.parse_args()
@@ -342,6 +343,8 @@ def main() -> None:
     workloads = standard()
     if args.quick:
         workloads = [workloads[0], workloads[3]]
+    if args.only:
+        workloads = [w for w in workloads if w.name in args.only]
     try:
         lab.down()
         lab.up(offloads=False)

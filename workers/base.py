@@ -23,6 +23,7 @@ from appliance.logs import setup_logging
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 1.0
+SETTINGS_INTERVAL = 0.05   # runtime settings are looked for this often, not on every loop turn
 
 
 class Worker:
@@ -88,9 +89,12 @@ class Worker:
             self.settings_sock = self.socket(zmq.SUB, connect=wire.settings_endpoint(self.run_dir))
             self.settings_sock.setsockopt(zmq.SUBSCRIBE, b"")
             self.setup()
+            next_settings = 0.0
             while not self.stopping:
                 now = time.monotonic()
-                self._poll_settings()
+                if now >= next_settings:
+                    next_settings = now + SETTINGS_INTERVAL
+                    self._poll_settings()
                 self.step(now)
                 if now >= self._next_stats:
                     self._next_stats = now + STATS_INTERVAL

@@ -1,11 +1,13 @@
 """Responses relay: subscribes to every interceptd and hands each batch of headers to the workers.
 
-Runs in its own child on the online host. Stateless, and O(1) per batch: it checks the batch
-header (kind, interceptd instance, batch number: lost batches are counted here) and passes the
-frame itself, not a copy, to every rewrite worker; each takes the headers of its own shard (the
-client address picks the shard with the same `shard_of` that capture uses). Routing record by
-record here cost more CPU than anything else on the response path. ZeroMQ reconnects by itself
-when an interceptd restarts.
+Runs in its own child on the online host. Stateless: it checks the batch header (kind,
+interceptd instance, batch number: lost batches are counted here); a batch of a few headers
+whose clients all belong to one shard goes to that worker only, any other batch goes whole
+(the frame itself, not a copy) to every worker, and each takes the headers of its own shard
+(the client address picks the shard with the same `shard_of` that capture uses). Routing record
+by record here cost more CPU than anything else on the response path; waking every worker for a
+one-header batch cost more than looking at that header. ZeroMQ reconnects by itself when an
+interceptd restarts.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from zmq.utils.monitor import recv_monitor_message
 
 from appliance import curve, wire
 from appliance.config import ResponsesSpec, spec_from_json
+from appliance.flowkey import shard_of
+from appliance.packet import server_key_of
 from workers.base import Worker, child_main
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
 DRAIN_LIMIT = 256
+SMALL_BATCH = 4          # headers: at most this many are looked at to pick the one worker that needs them
 
 
 class ResponsesWorker(Worker):
@@ -58,12 +63,17 @@ class ResponsesWorker(Worker):
             self.sub.connect(wire.intercept_endpoint(host, port))
         self.pushes = [self.socket(zmq.PUSH, connect=wire.responses_endpoint(self.run_dir, k), hwm=4096)
                        for k in range(self.spec.shards)]
+        self.poller = zmq.Poller()
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
         log.info("responses: subscribed to %s (%s)", ", ".join(self.spec.intercepts),
                  "CURVE" if self.spec.secret_key else "plaintext, unauthenticated")
 
     def step(self, now: float) -> None:
-        self._on_monitor()
-        if not self.sub.poll(POLL_MS):
+        ready = dict(self.poller.poll(POLL_MS))
+        if self.monitor in ready:
+            self._on_monitor()
+        if self.sub not in ready:
             return
         for _ in range(DRAIN_LIMIT):
             try:
@@ -93,11 +103,26 @@ class ResponsesWorker(Worker):
             self.batches_lost += header.seq - expected
         self._expected[header.source] = header.seq + 1
         self.headers += header.count
-        for push in self.pushes:
+        for push in self._receivers(data, header.count):
             try:
                 push.send(frame, zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self.queue_drops += header.count      # that worker's share of them, at most
+
+    def _receivers(self, data: memoryview, count: int) -> list[zmq.Socket]:
+        """The workers a batch goes to: the one shard of a small batch, else all of them."""
+        if len(self.pushes) == 1 or count > SMALL_BATCH:
+            return self.pushes
+        shards = set()
+        try:
+            for _ts, packet in wire.decode_batch(data)[1]:
+                key = server_key_of(packet)
+                if key is None:
+                    return self.pushes             # let worker 0 count it as malformed
+                shards.add(shard_of(key[0], key[1], len(self.pushes)))
+        except wire.WireError:
+            return self.pushes                     # each worker counts it as a bad frame
+        return [self.pushes[k] for k in sorted(shards)]
 
     def _on_monitor(self) -> None:
         """Count CURVE handshakes with interceptds: a failure is a publisher without the right key."""
