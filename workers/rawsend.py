@@ -91,8 +91,8 @@ class RawSender:
         if self.count == self.max_batch:
             self.flush()
         if len(payload) > self.max_payload or len(options) > MAX_OPTIONS:
-            raise ValueError(f"{len(options)} option bytes and a payload of {len(payload)} do not fit "
-                             f"a {self.slot}-byte slot")
+            self._count_error(errno.EMSGSIZE)     # cannot happen with the engine's MTU; never a crash
+            return
         if len(options) % 4:
             options += b"\0" * (4 - len(options) % 4)
         i = self.count

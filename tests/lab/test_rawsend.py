@@ -1,5 +1,6 @@
 """Batched raw sends (sendmmsg through ctypes) in a namespace of the test's own: every packet
-arrives with good checksums, and an undeliverable one is counted by errno without stopping the rest."""
+arrives with good checksums, and an undeliverable or oversized one is counted by errno without
+stopping the rest."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ for batched in (True, False):
         dst = nowhere if i in (0, 70, 299) else lo
         s.add(lo, dst, 41000 + batched, 9, i, 7, SYN if i % 2 else ACK, 1000, b"\x02\x04\x05\xb4"[: 4 * (i % 2)],
               bytes([i % 251]) * (i * 5 % 1460), i)
+    s.add(lo, lo, 41000 + batched, 9, 0, 0, ACK, 1000, b"", b"x" * 5000, 0)    # larger than the MTU
     s.flush()
     got = bad = 0
     try:
@@ -58,5 +60,5 @@ def test_sendmmsg_batches_arrive_and_errors_are_counted(netns_capable):
     assert result["True"]["batched"], "sendmmsg should be available on this platform"
     for mode in ("True", "False"):
         r = result[mode]
-        assert r["sent"] == 297 and r["errors"] == {"ENETUNREACH": 3}, r
+        assert r["sent"] == 297 and r["errors"] == {"ENETUNREACH": 3, "EMSGSIZE": 1}, r
         assert r["received"] == 297 and r["bad"] == 0, r
