@@ -323,6 +323,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
     ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
+    ap.add_argument("--profile-speed", default="top", help="speed of the profiled replay (default top)")
+    ap.add_argument("--speeds", default=",".join(SPEEDS), help=f"replays to measure (default {','.join(SPEEDS)})")
     ap.add_argument("--profile", action="store_true",
                     help="one more topspeed replay per workload under py-spy; print where the time goes")
     args = ap.parse_args()
@@ -356,13 +358,13 @@ def main() -> None:
             stats = write_pcap(w, pcap, answers, ADDR["client"], ADDR["online"], MAC["client"], MAC["online"], first)
             entry = {"workload": w.name, **stats, "answer_bytes": list(answers.values()),
                      "tcpreplay": tcpreplay(lab, pcap, w.port), "replays": []}
-            for speed in (["top"] if args.quick else SPEEDS):
+            for speed in (["top"] if args.quick else args.speeds.split(",")):
                 entry["replays"].append(replay(rig, pcap, w, stats, speed, fresh_pool(), targets))
                 print(f"{w.name} {speed}: {entry['replays'][-1]['pps']:,} packets/s", file=sys.stderr)
             if args.profile:
                 prof_dir = work / f"profile-{w.name}"
                 prof_dir.mkdir()
-                replay(rig, pcap, w, stats, "top", fresh_pool(), targets, prof_dir)
+                replay(rig, pcap, w, stats, args.profile_speed, fresh_pool(), targets, prof_dir)
                 entry["profile"] = {p.stem: hotspots(p) for p in sorted(prof_dir.glob("*.txt"))}
             results[w.name] = entry
     finally:
