@@ -10,14 +10,18 @@ APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv p
 
 setup: $(STAMP)
 
+# $(call apt_ensure,PACKAGES,TARGET): install the Debian packages that are missing (root only).
+define apt_ensure
+@missing=""; for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+if [ -n "$$missing" ]; then \
+	if [ "$$(id -u)" != 0 ]; then echo "make $(2): run as root to install:$$missing" >&2; exit 1; fi; \
+	echo "installing:$$missing"; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+fi
+endef
+
 $(STAMP): pyproject.toml
-	@missing=""; \
-	for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root to install:$$missing" >&2; exit 1; fi; \
-		echo "installing:$$missing"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	fi
+	$(call apt_ensure,$(APT_PACKAGES),setup)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -e '.[test]'
 	touch $@
@@ -37,8 +41,7 @@ lab-down: setup
 # nginx-light is the fast HTTP target: perf/run.py runs its own nginx inside the lab (Debian's service is not used).
 PERF_APT_PACKAGES := tcpreplay nginx-light
 perf: setup
-	@missing=""; for pkg in $(PERF_APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
+	$(call apt_ensure,$(PERF_APT_PACKAGES),perf)
 	$(VENV)/bin/pip install -q matplotlib py-spy
 	$(VENV)/bin/python perf/run.py $(PERF_ARGS)
 
@@ -58,13 +61,7 @@ PACKAGE_SOURCES := pyproject.toml README.md $(shell find appliance workers conf 
 PACKAGES_STAMP := dist/.packages-$(VERSION)
 
 packaging-setup: setup $(NFPM)
-	@missing=""; \
-	for pkg in $(PACKAGING_APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then echo "make packaging-setup: run as root to install:$$missing" >&2; exit 1; fi; \
-		echo "installing:$$missing"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	fi
+	$(call apt_ensure,$(PACKAGING_APT_PACKAGES),packaging-setup)
 	$(PYTHON) packaging/containers/podman_conf.py /etc/containers/containers.conf
 
 # nfpm builds the packages; podman-compose only renders the compose files in the tests

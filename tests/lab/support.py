@@ -137,3 +137,23 @@ class HeldConnections:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def replicate_as_user(rig: Any, uid: int, probe: Callable[[int], Any]) -> tuple[dict[int, Any], Any]:
+    """Start a rig whose daemons run as the user `uid` (its keys and run directory made readable
+    for it), replicate the small standard load, and return `probe(pid)` of every daemon process
+    (taken under load) with the verdict. The rig is closed, also on failure."""
+    for d in (rig.keys, rig.keys / "authorized"):
+        d.chmod(0o755)
+    os.chown(rig.keys / "authorized" / "tcpcopyd.key_secret", uid, -1)
+    os.chown(rig.keys / "interceptd.key_secret", uid, -1)
+    rig.dir.chmod(0o777)                 # the supervisor, as the user, makes its run directory here
+    try:
+        rig.start()
+        load = rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
+        status = rig.fresh_status()
+        pids = [status["supervisor"]["pid"], rig.procs["interceptd"].pid] + [ch["pid"] for ch in status["children"]]
+        seen = {pid: probe(pid) for pid in pids}
+        return seen, rig.verdict(load, time.time())
+    finally:
+        rig.close()

@@ -15,7 +15,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from appliance.lab.rig import ReplicationRig
 from tests.lab.packaging_support import PACKAGES, VERSION, deb, make, rpm
+from tests.lab.support import replicate_as_user
 
 pytestmark = pytest.mark.packaging
 VENV_BIN = "/opt/tcpcopy-py/bin"
@@ -144,20 +144,7 @@ def test_installed_daemons_replicate_as_the_tcpcopy_user(installed, lab):
                              tcpcopyd_args=("--config", "/etc/tcpcopy/tcpcopy.toml"),
                              intercept_args=("--config", "/etc/tcpcopy/intercept.toml"))
         user = pwd.getpwnam(USER)
-        for d in (rig.keys, rig.keys / "authorized"):
-            d.chmod(0o755)
-        os.chown(rig.keys / "authorized" / "tcpcopyd.key_secret", user.pw_uid, -1)
-        os.chown(rig.keys / "interceptd.key_secret", user.pw_uid, -1)
-        (base / "rig").chmod(0o777)          # the supervisor, as tcpcopy, makes its run directory here
-        try:
-            rig.start()
-            load = rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
-            status = rig.fresh_status()
-            pids = [status["supervisor"]["pid"], rig.procs["interceptd"].pid] + [ch["pid"] for ch in status["children"]]
-            uids = {pid: _uid(pid) for pid in pids}
-            v = rig.verdict(load, time.time())
-        finally:
-            rig.close()
+        uids, v = replicate_as_user(rig, user.pw_uid, _uid)
         assert set(uids.values()) == {user.pw_uid}, uids
         assert v.comparison.identical == v.comparison.sessions_online == 105, v.comparison.summary()
     finally:

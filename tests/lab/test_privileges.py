@@ -8,12 +8,12 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from appliance.lab.rig import ReplicationRig
+from tests.lab.support import replicate_as_user
 
 pytestmark = pytest.mark.lab
 USER = "nobody"
@@ -51,20 +51,7 @@ def test_daemons_run_as_a_user_with_two_capabilities(lab, how):
             kw = {"daemon_prefix": SYSTEMD_LIKE}
         rig = ReplicationRig(lab, base / "rig", bindir=str(base / "venv/bin"), **kw)
         nobody = pwd.getpwnam(USER)
-        for d in (rig.keys, rig.keys / "authorized"):
-            d.chmod(0o755)
-        os.chown(rig.keys / "authorized" / "tcpcopyd.key_secret", nobody.pw_uid, -1)
-        os.chown(rig.keys / "interceptd.key_secret", nobody.pw_uid, -1)
-        (base / "rig").chmod(0o777)         # the non-root supervisor makes its run directory here
-        try:
-            rig.start()
-            load = rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
-            status = rig.fresh_status()
-            pids = [status["supervisor"]["pid"], rig.procs["interceptd"].pid] + [ch["pid"] for ch in status["children"]]
-            seen = {pid: _uid_and_caps(pid) for pid in pids}
-            v = rig.verdict(load, time.time())
-        finally:
-            rig.close()
+        seen, v = replicate_as_user(rig, nobody.pw_uid, _uid_and_caps)
         assert all(uid == nobody.pw_uid and caps == KEPT for uid, caps in seen.values()), seen
         assert v.comparison.identical == v.comparison.sessions_online == 105, v.comparison.summary()
     finally:
