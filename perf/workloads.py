@@ -164,7 +164,7 @@ def write_pcap(w: Workload, path: Path, answers: dict[bytes, int], client_ip: st
 CALIBRATE = r"""
 import json, socket, struct, sys
 host, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-requests = [bytes.fromhex(h) for h in sys.argv[4:]]
+requests = [bytes.fromhex(h) for h in sys.stdin.read().split()]
 
 def read_http(s, close):
     data = b""
