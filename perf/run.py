@@ -374,9 +374,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / f"{stamp}.png")
     print_table(results)
-    print(f"results: {RESULTS / (stamp + '.json')} and .png; work files in {work}")
+    try:
+        plot(results, RESULTS / f"{stamp}.png")
+    except ImportError:
+        print("no plot: matplotlib is not installed (make perf installs it)")
+    print(f"results: {RESULTS / (stamp + '.json')} (and .png); work files in {work}")
 
 
 def print_table(results: dict) -> None:
