@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -322,6 +323,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
+    ap.add_argument("--keep", action="store_true", help="keep the work files (captures, profiles) in /tmp")
     ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
     ap.add_argument("--profile-speed", default="top", help="speed of the profiled replay (default top)")
     ap.add_argument("--speeds", default=",".join(SPEEDS), help=f"replays to measure (default {','.join(SPEEDS)})")
@@ -371,6 +373,8 @@ def main() -> None:
         rig.close()
         targets.stop()
         lab.down()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
@@ -379,7 +383,8 @@ def main() -> None:
         plot(results, RESULTS / f"{stamp}.png")
     except ImportError:
         print("no plot: matplotlib is not installed (make perf installs it)")
-    print(f"results: {RESULTS / (stamp + '.json')} (and .png); work files in {work}")
+    print(f"results: {RESULTS / (stamp + '.json')} (and .png); "
+          + (f"work files in {work}" if args.keep else "work files removed (--keep keeps them)"))
 
 
 def print_table(results: dict) -> None:
