@@ -166,7 +166,7 @@ import json, socket, struct, sys
 host, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 requests = [bytes.fromhex(h) for h in sys.stdin.read().split()]
 
-def read_http(s, close):
+def read_http(s):
     data = b""
     while b"\r\n\r\n" not in data:
         data += s.recv(65536)
@@ -204,6 +204,6 @@ else:
         if b"Connection: close" in r:
             s = socket.create_connection((host, port), timeout=10)
         s.sendall(r)
-        sizes[r.hex()] = read_http(s, b"Connection: close" in r)
+        sizes[r.hex()] = read_http(s)
 print(json.dumps(sizes))
 """

@@ -6,11 +6,10 @@ no state of its own. Sans-io like the rest of the engine: it appends `Emit` comm
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
 from appliance.engine.model import Emit, State
-from appliance.engine.stream import INF, NO_CHUNKS, Chunk
+from appliance.engine.stream import INF, NO_CHUNKS, Chunk, queued
 from appliance.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
 
 if TYPE_CHECKING:
@@ -76,9 +75,7 @@ class Sender(_Base):
         self._emit(chunk.seq, self.rcv_nxt, ACK | (PSH if chunk.data else 0) | (chunk.flags & FIN),
                    self._ts_options(chunk.ts_val), chunk.data)
         self.ack_pending = False
-        if not self.inflight:
-            self.inflight = deque()
-        self.inflight.append(chunk)  # type: ignore[union-attr]
+        self.inflight = queued(self.inflight, chunk)
         self.inflight_bytes += len(chunk.data)
         self.snd_nxt = chunk.end
         if chunk.flags & FIN:

@@ -26,6 +26,14 @@ NO_CHUNKS: tuple[()] = ()
 NO_OOO: Mapping[int, Chunk] = MappingProxyType({})
 
 
+def queued(queue: deque[Chunk] | tuple[()], chunk: Chunk) -> deque[Chunk]:
+    """`queue` with `chunk` appended: an empty one (NO_CHUNKS, or a drained deque) becomes a new deque."""
+    if not queue:
+        queue = deque()
+    queue.append(chunk)  # type: ignore[union-attr]
+    return queue  # type: ignore[return-value]
+
+
 @dataclass(slots=True)
 class Chunk:
     """Captured client bytes (or a FIN/RST) waiting to be sent or acknowledged."""
@@ -149,9 +157,7 @@ class ClientStream:
             chunk.turn = chunk.boundary = True
             chunk.need = need - self.last_need
             self.last_need = need
-        if not self.unsent:
-            self.unsent = deque()
-        self.unsent.append(chunk)  # type: ignore[union-attr]
+        self.unsent = queued(self.unsent, chunk)
         self.unsent_bytes += len(chunk.data)
         self.end = chunk.end
         if chunk.flags:

@@ -61,9 +61,7 @@ class SessionTable:
     def _client_copy(self, seg: TcpSegment, target_ip: int, target_port: int, now: float, t: float) -> None:
         c = self.counters
         key = (seg.src_ip, seg.src_port, target_ip, target_port)
-        sess = self.sessions.get(key)
-        if sess.__class__ is bytes:
-            sess = self.get(key)
+        sess = self.get(key)
         waiting = self._waiting.get(key)
         if waiting is not None:
             waiting[1].append((seg, t))      # the new connection queues behind the closing one
@@ -111,9 +109,7 @@ class SessionTable:
         """A target->client header relayed by interceptd."""
         self.counters.responses += 1
         key = (hdr.dst_ip, hdr.dst_port, hdr.src_ip, hdr.src_port)
-        sess = self.sessions.get(key)
-        if sess.__class__ is bytes:
-            sess = self.get(key)
+        sess = self.get(key)
         if sess is None:
             self.counters.responses_unmatched += 1
             return
@@ -155,7 +151,7 @@ class SessionTable:
             limit -= 1
             when, key = heapq.heappop(timers)
             found = self.sessions.get(key)
-            if found is None or (packed_deadline(found) if isinstance(found, bytes) else found.deadline) != when:
+            if found is None or _deadline(found) != when:
                 continue                     # stale entry: the session re-armed since
             sess = self.get(key)
             assert sess is not None
@@ -175,7 +171,7 @@ class SessionTable:
         while timers:
             when, key = timers[0]
             sess = self.sessions.get(key)
-            if sess is not None and (packed_deadline(sess) if isinstance(sess, bytes) else sess.deadline) == when:
+            if sess is not None and _deadline(sess) == when:
                 return min(when, waiting)
             heapq.heappop(timers)
         return waiting
@@ -266,11 +262,7 @@ class SessionTable:
     def _compact_timers(self) -> None:
         """Drop stale timer entries. A session re-armed later leaves its old entry behind until
         that time comes: with long idle deadlines the heap would grow with every event."""
-        live = []
-        for key, sess in self.sessions.items():
-            when = packed_deadline(sess) if isinstance(sess, bytes) else sess.deadline
-            if when != INF:
-                live.append((when, key))
+        live = [(when, key) for key, sess in self.sessions.items() if (when := _deadline(sess)) != INF]
         heapq.heapify(live)
         self._timers = live
 
@@ -290,6 +282,11 @@ class SessionTable:
                     and key not in self._dirty and sess.can_hibernate()):
                 sessions[key] = sess.hibernate()
                 self.counters.sessions_hibernated += 1
+
+
+def _deadline(entry: Session | bytes) -> float:
+    """The timer deadline of a session, hibernated or not."""
+    return packed_deadline(entry) if isinstance(entry, bytes) else entry.deadline
 
 
 def _same_stream(sess: Session, seg: TcpSegment) -> bool:
