@@ -279,7 +279,7 @@ class SessionTable:
             key = sweep.pop()
             sess = sessions.get(key)
             if (isinstance(sess, Session) and sess.last_client <= quiet_since and sess.last_target <= quiet_since
-                    and key not in self._dirty and sess.can_hibernate()):
+                    and sess.can_hibernate()):       # poll() flushed first: no session is dirty now
                 sessions[key] = sess.hibernate()
                 self.counters.sessions_hibernated += 1
 
