@@ -160,6 +160,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         procs: dict[str, psutil.Process] = {}
+        next_status = 0.0
         while not self.done.is_set():
             for top in self.target_pids:            # servers that fork per connection: look again
                 try:
@@ -168,8 +169,11 @@ class Sampler(threading.Thread):
                         procs.setdefault(f"target-{proc.pid}", proc)
                 except psutil.Error:
                     pass
-            status = self.rig.status()
+            # the status request costs tcpcopyd's supervisor CPU too: often only until every child is known
+            status = self.rig.status() if time.monotonic() >= next_status else None
             if status:
+                if all(ch["pid"] for ch in status["children"]):
+                    next_status = time.monotonic() + 1.0
                 for ch in status["children"]:
                     name = f"{ch['role']}-{ch['index']}"
                     if ch["pid"] and name not in procs:
@@ -279,6 +283,8 @@ def replay(rig: ReplicationRig, pcap: Path, w: Workload, stats: dict, speed: str
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.rss.items() if not k.startswith("target-")},
         "latency_ms": sampler.latency, "report": done.stdout.strip().splitlines(),
         "not_completed": rep.get("not_completed", {}), "funnel": rep.get("funnel", {}),
+        "wakeups_per_packet": {role: round(c.get("loop_turns", 0) / packets, 3)
+                               for role, c in rep.get("totals", {}).items() if c.get("loop_turns")},
     }
 
 

@@ -43,6 +43,7 @@ class Worker:
         self._next_stats = 0.0
         self._settings_seq: Any = None
         self.started = time.time()
+        self.loop_turns = 0      # each is a wake-up: at moderate rates their cost, not the packets', dominates
 
     # -- subclass interface --
     def setup(self) -> None: ...
@@ -91,6 +92,7 @@ class Worker:
             self.setup()
             next_settings = 0.0
             while not self.stopping:
+                self.loop_turns += 1
                 now = time.monotonic()
                 if now >= next_settings:
                     next_settings = now + SETTINGS_INTERVAL
@@ -130,7 +132,8 @@ class Worker:
     def publish_stats(self) -> None:
         frame = wire.encode_json(wire.KIND_STATS, {
             "role": self.role, "index": self.index, "pid": os.getpid(), "time": time.time(),
-            "started": self.started, "cpus": list(self.cpus), "counters": self.counters(),
+            "started": self.started, "cpus": list(self.cpus),
+            "counters": {**self.counters(), "loop_turns": self.loop_turns},
         })
         try:
             self.stats_sock.send(frame, zmq.NOBLOCK)

@@ -26,7 +26,7 @@ from workers.base import Worker, child_main
 log = logging.getLogger(__name__)
 
 BATCH = 256
-COALESCE = 0.001             # a packet may wait this long for others to share its batch (timing: 1 ms)
+COALESCE = 0.001             # at most one wake-up this often: a packet is at most this late (timing: 1 ms)
 DELIVERY_LINGER_MS = 60_000   # at exit, queued batches still reach the workers (offline never drops)
 EXIT_DATA_ERROR = 65
 
@@ -53,7 +53,6 @@ class ReaderWorker(Worker):
         self.builders = [wire.BatchBuilder(wire.KIND_SEGMENTS, 0) for _ in range(spec.shards)]
         self.stream = self._stream()
         self.pending: tuple[float, int, bytes] | None = None
-        self._oldest_waiting: float | None = None   # due time of the first packet not yet flushed
         self.started_at = time.monotonic()
 
     def _stream(self):
@@ -90,18 +89,15 @@ class ReaderWorker(Worker):
                     sys.exit(EXIT_DATA_ERROR)
             due, linktype, frame = self.pending
             if due > elapsed:
-                # Not due yet. What waits goes out once its oldest packet has waited COALESCE, or
-                # now if the next packet is further away than that; one batch instead of one each.
-                oldest = self._oldest_waiting
-                if oldest is not None and (elapsed - oldest >= COALESCE or due - elapsed >= COALESCE):
-                    self._flush_all()
-                    oldest = None
-                wake = due if oldest is None else min(due, oldest + COALESCE)
-                time.sleep(min(wake - elapsed, 0.05))
+                # What is due goes out now, in one batch per shard; the next wake-up is at the next
+                # packet's time but never sooner than COALESCE after this one: a packet is up to
+                # COALESCE late, and a wake-up (the costly part at moderate rates) serves them all.
+                self._flush_all()
+                self._progress()
+                wake = max(due, elapsed + COALESCE)
+                time.sleep(max(0.0, min(wake - (time.monotonic() - self.started_at), 0.05)))
                 return
             self.pending = None
-            if self._oldest_waiting is None:
-                self._oldest_waiting = due
             self._take(linktype, frame)
         self._flush_all()
         self._progress()
@@ -136,7 +132,6 @@ class ReaderWorker(Worker):
             self._flush(shard)
 
     def _flush_all(self) -> None:
-        self._oldest_waiting = None
         for shard, builder in enumerate(self.builders):
             if builder.count:
                 self._flush(shard)
