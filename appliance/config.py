@@ -47,14 +47,7 @@ class RewriteSpec:
     sample_rate: float = 1.0
     client_pool: tuple[str, ...] = ()
     copies: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class ResponsesSpec:
-    shards: int
-    run_dir: str
-    intercepts: tuple[str, ...]
-    cpus: tuple[int, ...] = ()
+    intercepts: tuple[str, ...] = ()
     secret_key: str = ""                 # empty: plaintext (insecure = true)
     intercept_public_key: str = ""
 
@@ -218,7 +211,7 @@ def intercept_config(v: Values) -> InterceptConfig:
                            user=_user(v["interceptd.user"]))
 
 
-SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ResponsesSpec, ReaderSpec)}
+SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ReaderSpec)}
 
 
 def spec_to_json(spec: Any) -> str:

@@ -28,8 +28,8 @@ from appliance.settings import LOG_LEVELS
 if TYPE_CHECKING:
     from appliance.supervisor import Supervisor
 
-STATUS_SCHEMA_VERSION = 1
-ROLES = ("capture", "responses", "rewrite", "reader")
+STATUS_SCHEMA_VERSION = 2
+ROLES = ("capture", "rewrite", "reader")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +89,12 @@ def child_rows(sup: Supervisor, now: float) -> list[dict]:
 
 
 def totals_of(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Counters summed per role; `responses` is the channel from interceptd, which every rewrite
+    worker reports as its `response_channel`."""
     totals: dict[str, dict[str, Any]] = {role: {} for role in ROLES}
     for row in rows:
         add_counters(totals[row["role"]], row["counters"])
+    totals["responses"] = totals["rewrite"].pop("response_channel", {})
     return totals
 
 
@@ -147,7 +150,7 @@ def summary_line(rows: list[dict]) -> tuple[str, bool]:
 def status_document(sup: Supervisor) -> dict:
     now = time.time()
     rows = child_rows(sup, now)
-    responses = next((r for r in rows if r["role"] == "responses"), None)
+    first = next((r for r in rows if r["role"] == "rewrite" and r["index"] == 0), None)
     return {
         "schema": STATUS_SCHEMA_VERSION,
         "time": round(now, 3),
@@ -161,7 +164,7 @@ def status_document(sup: Supervisor) -> dict:
         "totals": totals_of(rows),
         "rates": {"window_seconds": round(sup.rates.window, 1), "per_second": sup.rates.per_second()},
         "funnel": funnel(rows),
-        "intercepts": (responses or {}).get("info", {}).get("intercepts", {}),
+        "intercepts": (first or {}).get("info", {}).get("intercepts", {}),
     }
 
 

@@ -115,7 +115,8 @@ def format_status(data: dict) -> str:
         c = ic.get("counters", {})
         lines.append(f"interceptd {instance} pid {ic.get('pid')}: captured {c.get('captured', 0)} published "
                      f"{c.get('published', 0)} kernel drops {c.get('kernel_drops', 0)} subscribers "
-                     f"{c.get('subscribers', 0)} (report {ic.get('age', '?')}s old)")
+                     f"{c.get('subscribers', 0)} no subscriber {c.get('no_subscriber', 0)} "
+                     f"(report {ic.get('age', '?')}s old)")
     return "\n".join(lines)
 
 

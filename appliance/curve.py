@@ -1,7 +1,7 @@
 """CURVE keys for the interceptd -> tcpcopyd channel: making them, loading them, checking them.
 
 interceptd is the CURVE server: it holds its secret key and accepts only the tcpcopyd public keys
-found in its authorized-keys directory; tcpcopyd (the responses relay) holds its own secret key
+found in its authorized-keys directory; tcpcopyd (each rewrite worker) holds its own secret key
 and interceptd's public key, so it also refuses a publisher that is not that interceptd. The ZAP
 check runs in interceptd's own loop (no thread); refusals are counted.
 """
@@ -55,7 +55,7 @@ def make_server(sock: zmq.Socket, secret_file: str) -> None:
 
 
 def make_client(sock: zmq.Socket, secret_file: str, server_public_file: str) -> None:
-    """Runs in tcpcopyd's responses relay: the SUB socket talks CURVE (call before connect)."""
+    """Runs in each tcpcopyd rewrite worker: the SUB socket talks CURVE (call before connect)."""
     public, secret = load_secret(secret_file, "secret_key")
     sock.curve_secretkey = secret
     sock.curve_publickey = public

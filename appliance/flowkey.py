@@ -1,7 +1,7 @@
 """Flow affinity: the one function that decides which rewrite worker owns a client connection.
 
-Capture calls it with a captured packet's source (client ip, port); the responses relay calls
-it with a response's destination, which is the same pair. The server half is never hashed:
+Capture calls it with a captured packet's source (client ip, port); interceptd calls it
+with an answer's destination, which is the same pair. The server half is never hashed:
 it differs before and after the rewrite.
 """
 

@@ -30,8 +30,13 @@ class _RowsCollector:
         families: dict[str, Metric] = {}
         for row in self._rows():
             index = str(row["index"])
-            for name, value in row["counters"].items():
-                metric = f"tcpcopy_{row['role']}_{name}"
+            counters = dict(row["counters"])
+            # a rewrite worker's channel from interceptd keeps the names the responses relay had
+            for key, value in counters.pop("response_channel", {}).items():
+                counters[("responses", key)] = value
+            for name, value in counters.items():
+                role, name = name if isinstance(name, tuple) else (row["role"], name)
+                metric = f"tcpcopy_{role}_{name}"
                 if isinstance(value, bool):
                     continue
                 if isinstance(value, int):

@@ -16,7 +16,7 @@ import psutil
 RATE_WINDOW = 10.0
 # counters that are levels, not totals: not summed across a child's incarnations, gauges in Prometheus
 GAUGES = frozenset({"sessions_active", "sessions_tracked", "buffered_bytes", "largest_packet",
-                    "capture_latency_max_ms", "intercepts_seen", "client_tuples_in_use",
+                    "capture_latency_max_ms", "intercepts_heard", "client_tuples_in_use",
                     "capture_to_worker_p50_ms", "capture_to_worker_p99_ms"})
 RATE_COUNTERS = {
     "capture": ("captured", "bytes", "kernel_drops", "queue_drops"),

@@ -1,10 +1,15 @@
-"""The documented shape of `tcpcopyctl status --json` (schema 1), and a checker for it.
+"""The documented shape of `tcpcopyctl status --json` (schema 2), and a checker for it.
 
 Scripts may rely on every field below; new fields may be added, none removed or retyped
 without raising `schema`. Types: "int", "float" (int accepted), "str", "bool", "list", "dict",
 "int|null", "float|null", or a nested dict for an object. Counter names inside `counters` and
 `totals` are the ones listed in appliance/engine/params.py (EngineCounters) and in each worker's
-counters() (capture, responses, rewrite); they only ever grow, across restarts too.
+counters() (capture, rewrite, reader; the channel from interceptd in workers/responses.py);
+they only ever grow, across restarts too.
+
+Schema 2 (from 1): there is no `responses` child any more: each rewrite worker subscribes to
+interceptd itself. `totals.responses` stays, summed from the workers' `response_channel`
+counters, without the relay's `queue_drops` and `intercepts_seen`; `intercepts` comes from worker 0.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 CHILD = {
-    "role": ("str", "capture | responses | rewrite"),
+    "role": ("str", "capture | rewrite | reader"),
     "index": ("int", "index within the role (the shard number for rewrite)"),
     "pid": ("int|null", "process id, null while not running"),
     "state": ("str", "starting | running | backoff | stopped | fatal"),
@@ -22,11 +27,11 @@ CHILD = {
     "cpu_percent": ("float|null", "CPU use over the last second, % of one core (psutil)"),
     "rss_bytes": ("int|null", "resident memory (psutil)"),
     "counters": ("dict", "its counters, summed over all its incarnations"),
-    "info": ("dict", "non-counter details (the responses relay lists interceptds here)"),
+    "info": ("dict", "non-counter details (rewrite worker 0 lists the interceptds it hears here)"),
 }
 
 STATUS: dict[str, Any] = {
-    "schema": ("int", "1"),
+    "schema": ("int", "2"),
     "time": ("float", "when the document was made (epoch seconds)"),
     "supervisor": {
         "pid": ("int", "tcpcopyd's pid"),
@@ -49,7 +54,7 @@ STATUS: dict[str, Any] = {
     "children": ("list", "one object per child, see CHILD"),
     "totals": {
         "capture": ("dict", "counters of all captures, summed"),
-        "responses": ("dict", "counters of the responses relay"),
+        "responses": ("dict", "counters of the channel from interceptd, summed over the rewrite workers"),
         "rewrite": ("dict", "counters of all rewrite workers, summed (send_errors: by errno)"),
     },
     "rates": {
@@ -66,7 +71,7 @@ STATUS: dict[str, Any] = {
         "send_errors": ("int", "raw sends that failed (by errno in totals.rewrite.send_errors)"),
         "bytes_sent": ("int", "client payload bytes sent to the target"),
         "bytes_acked_by_target": ("int", "of those, acknowledged by the target"),
-        "response_headers": ("int", "target headers relayed by interceptd"),
+        "response_headers": ("int", "target headers received from interceptd"),
         "response_batches_lost": ("int", "interceptd batches that never arrived"),
         "responses_unmatched": ("int", "headers for no session of ours"),
         "sessions_started": ("int", "sessions started on the target"),

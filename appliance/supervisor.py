@@ -3,8 +3,8 @@
 One loop, no threads. It waits on the control socket, the stats bus, the metrics listener,
 a signal wake-up fd and the children's sentinels; signal handlers only record. Children start
 with the spawn method and get their spec as JSON. Runtime settings (pause, sample rate, log
-level) go to the children on a PUB socket, on change and once a second. Stop order: captures,
-then the responses relay, then the rewrite workers (which reset their sessions on the target).
+level) go to the children on a PUB socket, on change and once a second. Stop order: captures
+(or the offline reader), then the rewrite workers (which reset their sessions on the target).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import zmq
 
 from appliance import wire
 from appliance.config import (
-    CaptureSpec, OnlineConfig, ReaderSpec, ResponsesSpec, RewriteSpec, cpu_plan, load, spec_to_json,
+    CaptureSpec, OnlineConfig, ReaderSpec, RewriteSpec, cpu_plan, load, spec_to_json,
 )
 from appliance.control import (
     COMMANDS, Request, child_rows, decode_request, encode_reply, error_reply, summary_line, totals_of,
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SUMMARY_INTERVAL = 30.0
 READER_WAIT = 10.0       # offline: longest wait for an interceptd before replaying anyway
 SAMPLE_INTERVAL = 1.0
-STOP_ORDER = ("capture", "reader", "responses", "rewrite")
+STOP_ORDER = ("capture", "reader", "rewrite")
 
 
 @dataclass
@@ -98,18 +98,14 @@ class Supervisor:
         n = c.workers
         caps = cpu_plan(len(c.interfaces), 0, c.pin_cpus)
         rews = cpu_plan(n, len(c.interfaces), c.pin_cpus)
-        resp = cpu_plan(1, len(c.interfaces) + n, c.pin_cpus)
 
         def child(role: str, index: int, entry: str, spec: Any, cpus: tuple[int, ...]) -> Child:
             return Child(role, index, entry, spec_to_json(spec), cpus, Lifecycle(c.startsecs, c.startretries))
 
         for k in range(n):   # rewrite workers bind their queues, so they go first
             spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k], c.sample_rate, c.client_pool,
-                               c.copies)
+                               c.copies, c.intercepts, c.secret_key, c.intercept_public_key)
             self.children.append(child("rewrite", k, "workers.rewrite:main", spec, rews[k]))
-        self.children.append(child("responses", 0, "workers.responses:main",
-                                   ResponsesSpec(n, c.run_dir, c.intercepts, resp[0], c.secret_key,
-                                                 c.intercept_public_key), resp[0]))
         if c.offline:
             spec_o = ReaderSpec(c.run_dir, n, c.transfers, c.offline, c.speed, c.max_gap_ms, self.offline_packets,
                                 sys.stderr.isatty(), caps[0] if caps else ())
@@ -267,10 +263,11 @@ class Supervisor:
                 self._spawn(child, now)
 
     def _start_reader_when_answers_flow(self, child: Child, now: float) -> None:
-        """Offline replay can wait, unlike a live capture: it starts once an interceptd is heard
-        (its first report came through), so the first handshakes' answers are not missed."""
-        relay = next((c for c in self.children if c.role == "responses"), None)
-        heard = relay is not None and bool(relay.view.extra.get("intercepts"))
+        """Offline replay can wait, unlike a live capture: it starts once every worker has heard an
+        interceptd (a report on the stats topic, subscribed after the shard's topic, came through),
+        so the first handshakes' answers are not missed."""
+        workers = [c for c in self.children if c.role == "rewrite"]
+        heard = bool(workers) and all(c.view.last.get("intercepts_heard") for c in workers)
         waited = now - self.run_started
         if heard or waited > READER_WAIT:
             if not heard:

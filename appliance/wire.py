@@ -12,8 +12,17 @@ Batch frame (captured segments, and response headers), all fields big-endian::
 `batch seq` counts that sender's batches to one receiver, so receivers count lost batches.
 
 Stats/heartbeat, settings and control frames are a version byte, a kind byte and a UTF-8 JSON
-object. interceptd sends its own stats frame on its PUB socket, beside its batches, once a second.
-No pickle anywhere.
+object. No pickle anywhere.
+
+interceptd -> tcpcopyd (XPUB -> SUB, TCP): every message has two frames, a topic and a body.
+ZeroMQ matches subscriptions on the topic, so each rewrite worker receives only its own shard::
+
+    topic  b"R" | shards (u16) | shard (u16)     body: a batch of response headers of the clients
+                                                  that `flowkey.shard_of(ip, port, shards)` gives `shard`
+    topic  b"I"                                   body: interceptd's stats frame (JSON), once a second
+
+interceptd learns from the subscriptions which shard counts are in use (online hosts may run
+different numbers of workers) and splits every batch for each of them; `batch seq` counts per topic.
 """
 
 from __future__ import annotations
@@ -141,13 +150,26 @@ def decode_json(frame: bytes, kind: int) -> dict:
     return obj
 
 
+SHARD_TOPIC = struct.Struct("!cHH")
+STATS_TOPIC = b"I"
+
+
+def shard_topic(shards: int, shard: int) -> bytes:
+    """The topic of the response headers that belong to `shard` of `shards` workers."""
+    return SHARD_TOPIC.pack(b"R", shards, shard)
+
+
+def parse_shard_topic(topic: bytes) -> tuple[int, int] | None:
+    """(shards, shard) of a shard topic; None for any other topic (stats, garbage)."""
+    if len(topic) != SHARD_TOPIC.size or topic[:1] != b"R":
+        return None
+    _, shards, shard = SHARD_TOPIC.unpack(topic)
+    return (shards, shard) if 0 <= shard < shards else None
+
+
 # Endpoints: the run directory holds every ipc socket of one tcpcopyd.
 def segments_endpoint(run_dir: str, shard: int) -> str:
     return f"ipc://{os.path.join(run_dir, f'seg-{shard}')}"
-
-
-def responses_endpoint(run_dir: str, shard: int) -> str:
-    return f"ipc://{os.path.join(run_dir, f'resp-{shard}')}"
 
 
 def stats_endpoint(run_dir: str) -> str:

@@ -2,10 +2,12 @@
 
 One process. Captures with a small snaplen in immediate mode (the answers' headers are on the
 critical path of every request turn); an answer waits at most COALESCE (0.2 ms) for others to
-share its batch, which saves a wake-up of the relay and of a worker per answer at moderate
-rates. Keeps IP+TCP headers with options and the original IP
-total length, and publishes batches on a PUB socket that every tcpcopyd subscribes to. Each
-batch carries this instance's random id and a sequence number so subscribers count losses.
+share its batch, which saves a worker's wake-up per answer at moderate rates. Keeps IP+TCP
+headers with options and the original IP total length, and publishes them on an XPUB socket
+to which every rewrite worker of every tcpcopyd subscribes with its shard's topic: each batch is
+split per shard (appliance/shardsplit.py), so a worker receives only its own clients' answers
+and no process on the online host relays them. Each batch carries this instance's random id and
+a sequence number per topic so subscribers count losses.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import zmq
 from appliance import curve, wire
 from appliance.config import InterceptConfig
 from appliance.packet import link_header_len
+from appliance.shardsplit import ShardSplitter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class Intercept:
         self.instance = int.from_bytes(os.urandom(4), "big")
         self.stopping = False
         self.captured = 0
-        self.published = 0
+        self.split = ShardSplitter(self.instance)
         self.not_ip = 0
         self.malformed = 0
         self.batches = 0
@@ -54,8 +57,11 @@ class Intercept:
         except OSError:
             pass
         checker = getattr(self, "checker", None)
-        return {"captured": self.captured, "published": self.published, "not_ip": self.not_ip,
+        split = self.split
+        return {"captured": self.captured, "published": split.published, "not_ip": self.not_ip,
                 "malformed": self.malformed, "batches": self.batches, "kernel_drops": self.kernel_drops,
+                "no_subscriber": split.unsubscribed, "subscriptions_refused": split.refused_subscriptions,
+                "shard_counts": len(split.counts),
                 "subscribers": self.subscribers, "keys_accepted": checker.accepted if checker else 0,
                 "keys_refused": checker.refused if checker else 0}
 
@@ -101,7 +107,8 @@ class Intercept:
             return
         doff = (view[ihl + 12] >> 4) * 4
         self.captured += 1
-        self.builder.add(ts_ns, view[:min(len(view), ihl + doff)])
+        self.split.add(ts_ns, view[:min(len(view), ihl + doff)], int.from_bytes(view[16:20], "big"),
+                       (view[ihl + 2] << 8) | view[ihl + 3])
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
@@ -109,7 +116,7 @@ class Intercept:
         c = self.config
         self.handles = [self._open(i) for i in c.interfaces]
         ctx = zmq.Context()
-        pub = ctx.socket(zmq.PUB)
+        pub = ctx.socket(zmq.XPUB)
         pub.linger = 0
         pub.sndhwm = PUB_HWM
         checker = None
@@ -119,12 +126,12 @@ class Intercept:
         self.checker = checker
         monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         pub.bind(f"tcp://{c.bind}:{c.port}")
-        self.builder = wire.BatchBuilder(wire.KIND_RESPONSES, self.instance)
         if c.user:
             from appliance.privileges import drop_to
             drop_to(c.user)          # captures open, socket bound: root is no longer needed
         poller = zmq.Poller()
         poller.register(monitor, zmq.POLLIN)
+        poller.register(pub, zmq.POLLIN)             # subscriptions of the workers
         if checker is not None:
             poller.register(checker.socket, zmq.POLLIN)
         for h in self.handles:
@@ -142,11 +149,11 @@ class Intercept:
                     dl = h.datalink()
                     for _ in range(64):
                         n = h.dispatch(c.batch_max, self._on_frame, dl)
-                        if self.builder.count >= c.batch_max:
+                        if self.split.pending >= c.batch_max:
                             self._publish(pub)
                         if n < c.batch_max:
                             break
-                if self.builder.count:
+                if self.split.pending:
                     now = time.monotonic()
                     if not first_held:
                         first_held = now
@@ -158,12 +165,14 @@ class Intercept:
                 ready = dict(poller.poll(POLL_MS))
                 if ready.get(monitor):
                     self._on_monitor(monitor)
+                if ready.get(pub):
+                    self._on_subscriptions(pub)
                 if checker is not None and ready.get(checker.socket):
                     checker.handle()
                 now = time.monotonic()
                 if now >= next_stats:
                     next_stats = now + STATS_INTERVAL
-                    pub.send(self._stats_frame())
+                    pub.send_multipart((wire.STATS_TOPIC, self._stats_frame()))
                 if now >= next_summary:
                     next_summary = now + SUMMARY_INTERVAL
                     log.info("interceptd counters %s", self.counters())
@@ -178,10 +187,17 @@ class Intercept:
         return 0
 
     def _publish(self, pub: zmq.Socket) -> None:
-        count = self.builder.count
-        pub.send(self.builder.take())   # PUB never blocks; HWM drops show as gaps
-        self.published += count
-        self.batches += 1
+        for topic, frame in self.split.take():
+            pub.send_multipart((topic, frame))   # XPUB never blocks; HWM drops show as gaps in seq
+            self.batches += 1
+
+    def _on_subscriptions(self, pub: zmq.Socket) -> None:
+        while True:
+            try:
+                message = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.split.subscription(message)
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True

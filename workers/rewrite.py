@@ -1,9 +1,10 @@
 """Rewrite-and-send process: owns one shard's sessions and talks to the target with a raw socket.
 
-Runs in its own pinned child. Binds its two queues (segments from the captures, response
-headers from the responses relay), drains responses first (they unblock sends), feeds the
-sans-io `SessionTable`, and sends what it emits with IP_HDRINCL so the target sees the real
-client address. Send errors are counted by errno; none stops the worker.
+Runs in its own pinned child. Binds its segments queue (batches from the captures or the offline
+reader), subscribes to every interceptd for its shard's response headers (workers/responses.py),
+takes answers first (they unblock sends), feeds the sans-io `SessionTable`, and sends what it
+emits with IP_HDRINCL so the target sees the real client address. Send errors are counted by
+errno; none stops the worker.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from appliance.config import RewriteSpec, spec_from_json
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
 from appliance.engine.clientmap import ClientMap
-from appliance.flowkey import shard_of
-from appliance.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp, server_key_of
+from appliance.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
 from appliance.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 from workers.rawsend import RawSender
+from workers.responses import ResponseChannel
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,18 @@ class RewriteWorker(Worker):
         self.sender = RawSender(self.spec.engine.mtu)
         log.debug("rewrite %d: %s", self.index, "sendmmsg batches" if self.sender.batched else "one sendto each")
         self.segments = self.socket(zmq.PULL, bind=wire.segments_endpoint(self.run_dir, self.index), hwm=4096)
-        self.responses = self.socket(zmq.PULL, bind=wire.responses_endpoint(self.run_dir, self.index),
-                                     hwm=4096)
+        spec = self.spec
+        assert self.ctx is not None
+        self.channel = ResponseChannel(self.ctx, spec.shards, spec.index, spec.intercepts, spec.secret_key,
+                                       spec.intercept_public_key, count_restarts=spec.index == 0)
+        self._sockets.extend(self.channel.sockets())
+        self.responses = self.channel.sock
         self.poller = zmq.Poller()
         self.poller.register(self.responses, zmq.POLLIN)
         self.poller.register(self.segments, zmq.POLLIN)
+        self.poller.register(self.channel.monitor, zmq.POLLIN)
+        log.info("rewrite %d: subscribed to %s (%s)", self.index, ", ".join(spec.intercepts),
+                 "CURVE" if spec.secret_key else "plaintext, unauthenticated")
 
     def step(self, now: float) -> None:
         deadline = self.table.next_deadline()
@@ -73,11 +81,15 @@ class RewriteWorker(Worker):
         ready = dict(self.poller.poll(timeout))
         until = time.monotonic() + STEP_BUDGET
         # recv only from a socket the poller saw ready: a poll costs less than a refused recv
+        if self.channel.monitor in ready:
+            self.channel.on_monitor()
         while ready:
             if self.responses in ready:
-                self._drain(self.responses, self._on_responses)
+                batch = self.channel.receive()
+                if batch is not None:
+                    self._decoded(batch, self._on_responses)
             if self.segments in ready:
-                self._drain(self.segments, self._on_segments)
+                self._decoded(self.segments.recv(zmq.NOBLOCK, copy=True), self._on_segments)
             if time.monotonic() >= until:
                 break
             ready = dict(self.poller.poll(0))
@@ -85,20 +97,15 @@ class RewriteWorker(Worker):
         self.table.poll(now)
         self._send(self.table.take_output())
 
-    def _drain(self, sock: zmq.Socket,
-               handler: Callable[[wire.BatchHeader, list[tuple[int, memoryview]]], None]) -> int:
-        try:
-            frame = sock.recv(zmq.NOBLOCK, copy=True)
-        except zmq.Again:
-            return 0
+    def _decoded(self, frame: bytes | memoryview,
+                 handler: Callable[[wire.BatchHeader, list[tuple[int, memoryview]]], None]) -> None:
         try:
             header, records = wire.decode_batch(frame)
         except wire.WireError:
             self.bad_frames += 1
-            return 1
+            return
         handler(header, records)
         self._send(self.table.take_output())
-        return 1
 
     def _on_segments(self, header: wire.BatchHeader, records: list[tuple[int, memoryview]]) -> None:
         if header.kind != wire.KIND_SEGMENTS:
@@ -136,16 +143,7 @@ class RewriteWorker(Worker):
         self.response_batches += 1
         now = time.monotonic()
         table = self.table
-        shards, mine = self.spec.shards, self.index
-        for _ts, packet in records:
-            # the relay hands every worker the whole batch: take this shard's headers
-            key = server_key_of(packet)
-            if key is None:
-                if mine == 0:                 # one worker counts what belongs to none
-                    self.malformed += 1
-                continue
-            if shards > 1 and shard_of(key[0], key[1], shards) != mine:
-                continue
+        for _ts, packet in records:       # interceptd sends this worker its own shard's headers only
             try:
                 hdr = parse_ipv4_tcp(packet, keep_payload=False)
             except MalformedPacket:
@@ -174,7 +172,11 @@ class RewriteWorker(Worker):
             "response_batches": self.response_batches,
             "capture_latency_max_ms": round(self.capture_latency_max * 1000, 3),
             **self._latency_percentiles(),
+            "response_channel": self.channel.counters(),
+            "intercepts_heard": len(self.channel.intercepts),
         })
+        if self.index == 0:                # the interceptds' own reports, once for the status document
+            out["intercepts"] = self.channel.intercepts_info()
         return out
 
     def _latency_percentiles(self) -> dict[str, float]:

@@ -155,7 +155,7 @@ class ReplicationRig:
             self.start_services()
         self.start_interceptd()
         self.start_tcpcopyd()
-        time.sleep(0.5)      # the responses relay's subscription to interceptd settles
+        time.sleep(0.5)      # the workers' subscriptions to interceptd settle
 
     def status(self) -> dict[str, Any] | None:
         from appliance.ctl import call

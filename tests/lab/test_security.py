@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from appliance import wire
 from appliance.curve import keygen
 from appliance.lab.netns import ADDR
 from appliance.lab.rig import ReplicationRig
@@ -55,7 +56,8 @@ def test_forged_headers_from_a_publisher_without_the_key_change_nothing(lab, tmp
         "        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 0, 0, 64, 6, 0, src, dst)\n"
         "        tcp = struct.pack('!HHIIBBHHH', 8080, port, 1, 1, 0x50, 0x14, 0, 0, 0)\n"
         "        recs.append(struct.pack('!QI', 0, 40) + ip + tcp)\n"
-        "    s.send(struct.pack('!BBHIQ', 1, 2, len(recs), 7, 0) + b''.join(recs))\n"
+        f"    for topic in {[wire.shard_topic(2, k) for k in range(2)]!r}:   # every worker's topic\n"
+        "        s.send_multipart([topic, struct.pack('!BBHIQ', 1, 2, len(recs), 7, 0) + b''.join(recs)])\n"
         "    time.sleep(0.05)\n"
         "s.close(0); ctx.term()\n")
     proc = lab.popen("assistant", [sys.executable, "-c", forger])

@@ -197,7 +197,6 @@ def test_fuzz_json_raises_only_wire_error():
 # ---- endpoints and addresses ----------------------------------------------------------------
 def test_endpoints():
     assert wire.segments_endpoint("/run/t", 3) == "ipc:///run/t/seg-3"
-    assert wire.responses_endpoint("/run/t", 0) == "ipc:///run/t/resp-0"
     assert wire.stats_endpoint("/run/t") == "ipc:///run/t/stats"
     assert wire.control_endpoint("/run/t") == "ipc:///run/t/ctl"
     assert wire.intercept_endpoint("10.0.0.9") == "tcp://10.0.0.9:36524"
@@ -232,3 +231,14 @@ def test_parse_intercept_address_errors_name_the_text(text, why):
 def test_struct_sizes_are_fixed():
     assert BATCH_HEADER.size == 16 and RECORD_HEADER.size == 12
     assert struct.calcsize(BATCH_HEADER.format) == 16
+
+
+def test_shard_topics_round_trip_and_reject_anything_else():
+    assert wire.parse_shard_topic(wire.shard_topic(4, 3)) == (4, 3)
+    assert wire.shard_topic(2, 1) == b"R\x00\x02\x00\x01"
+    # prefix matching must not mix workers: no topic is a prefix of another
+    topics = [wire.shard_topic(n, k) for n in (1, 2, 3, 256) for k in range(n)] + [wire.STATS_TOPIC]
+    assert not [(a, b) for a in topics for b in topics if a != b and b.startswith(a)]
+    for bad in (b"", wire.STATS_TOPIC, b"R\x00\x02\x00", b"R\x00\x02\x00\x02", b"X\x00\x02\x00\x01",
+                wire.shard_topic(2, 1) + b"x"):
+        assert wire.parse_shard_topic(bad) is None
