@@ -154,6 +154,8 @@ class Sampler(threading.Thread):
         self.base_system: dict[str, float] = {}
         self.base: dict[str, float] = {}     # CPU at the first sample: start-up is not replay work
         self.rss: dict[str, int] = {}
+        self.threads: dict[str, float] = {}   # the part of `cpu` spent outside the main thread
+        self.base_threads: dict[str, float] = {}
         self.latency: dict[str, float] = {}
         # every 0.1 s: (time, machine CPU times, CPU of tcpcopyd's processes, CPU of the target's)
         self.timeline: list[tuple[float, Any, float, float]] = []
@@ -191,6 +193,11 @@ class Sampler(threading.Thread):
                     self.base_system.setdefault(name, t.system)
                     self.system[name] = t.system - self.base_system[name]
                     self.rss[name] = max(self.rss.get(name, 0), proc.memory_info().rss)
+                    if not name.startswith("target-"):
+                        # threads other than the main one: ZeroMQ's I/O thread (and the ZAP handler)
+                        others = sum(th.user_time + th.system_time for th in proc.threads() if th.id != proc.pid)
+                        self.base_threads.setdefault(name, others)
+                        self.threads[name] = others - self.base_threads[name]
                 except psutil.Error:
                     pass
             self.timeline.append((time.monotonic(), psutil.cpu_times(),
@@ -278,6 +285,8 @@ def replay(rig: ReplicationRig, pcap: Path, w: Workload, stats: dict, speed: str
         "cpu_seconds_per_million_packets": {k: round(1e6 * v / packets, 2) for k, v in online.items()},
         "system_cpu_seconds_by_role": {k: round(v, 3) for k, v in sampler.system.items()
                                        if not k.startswith("target-")},
+        "zmq_io_thread_cpu_share": {k: round(v / sampler.cpu[k], 3) for k, v in sampler.threads.items()
+                                    if sampler.cpu.get(k)},
         "target_cpu_pct": round(100 * target_share, 1), "machine_busy_pct": round(100 * machine_busy, 1),
         "busy_window_s": round(window, 2),
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.rss.items() if not k.startswith("target-")},
@@ -329,6 +338,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
+    ap.add_argument("--workers", type=int, default=2, help="tcpcopyd's rewrite workers (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep the work files (captures, profiles) in /tmp")
     ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
     ap.add_argument("--profile-speed", default="top", help="speed of the profiled replay (default top)")
@@ -339,7 +349,7 @@ def main() -> None:
     lab = Lab("tclperf")
     work = Path(tempfile.mkdtemp(prefix="tcpcopy-perf-"))
     work.chmod(0o755)             # the postgres user reaches its data directory below
-    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", "2"),
+    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", str(args.workers)),
                          intercept_filter=f"tcp and src host {ADDR['target']} and (src port 8080 or src port 5432)")
     targets = Targets(lab, work)
     results: dict = {}

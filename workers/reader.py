@@ -139,6 +139,11 @@ class ReaderWorker(Worker):
     def _flush(self, shard: int) -> None:
         frame = self.builders[shard].take()
         sock = self.pushes[shard]
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            pass
         while not self.stopping:                     # offline never drops: wait for the worker
             if sock.poll(1000, zmq.POLLOUT):
                 sock.send(frame)

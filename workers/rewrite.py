@@ -18,9 +18,9 @@ import zmq
 
 from appliance import wire
 from appliance.config import RewriteSpec, spec_from_json
+from appliance.engine.clientmap import ClientMap
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
-from appliance.engine.clientmap import ClientMap
 from appliance.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
 from appliance.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main

@@ -62,7 +62,7 @@ def test_batch_numbers_count_per_topic():
     seqs = []
     for i in range(3):
         split.add(i, header(i), *CLIENTS[i])
-        (topic, frame), = split.take()
+        (_topic, frame), = split.take()
         seqs.append(wire.decode_batch_header(frame).seq)
     assert seqs == [0, 1, 2]
 
