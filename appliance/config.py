@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.settings import Setting
+from appliance.settings import Setting, auto_workers
 
 from appliance.engine.params import EngineParams
 from appliance.errors import ConfigError
@@ -167,7 +167,7 @@ def online_config(v: Values, source: str) -> OnlineConfig:
     transfers = v["tcpcopyd.transfer"]
     return OnlineConfig(
         transfers=transfers, intercepts=v["tcpcopyd.intercepts"], interfaces=v["tcpcopyd.interfaces"],
-        bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)), workers=v["tcpcopyd.workers"],
+        bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)), workers=v["tcpcopyd.workers"] or auto_workers(),
         run_dir=v["tcpcopyd.run_dir"], engine=engine, pin_cpus=v["tcpcopyd.pin_cpus"],
         buffer_bytes=v["tcpcopyd.capture_buffer_mb"] << 20, sample_rate=v["tcpcopyd.sample_percent"] / 100,
         client_pool=v["tcpcopyd.client_pool"], copies=v["tcpcopyd.copies"],

@@ -8,6 +8,7 @@ conf/*.toml complete. Runs in the supervisor (tcpcopyd) or in interceptd, before
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,20 @@ class Setting:
 
 
 # ---- validators: one small function per kind of value -----------------------------------------
+def worker_count(value: Any) -> int:
+    """A number of workers, or "auto" (0 here; `auto_workers` picks the number at start)."""
+    if value == "auto":
+        return 0
+    return _workers_range(value)
+
+
+def auto_workers() -> int:
+    """Half the CPUs this process may use, 1-16: a worker shares its cores with the captures, the
+    kernel's work for the target and, on small hosts, the service; on 2 cores one worker sends as
+    many packets as two at a third less CPU (perf/README.md)."""
+    return max(1, min(16, len(os.sched_getaffinity(0)) // 2))
+
+
 def integer(lo: int, hi: int) -> Check:
     def check(value: Any) -> int:
         if isinstance(value, bool):
@@ -148,6 +163,9 @@ def intercepts(value: Any) -> tuple[str, ...]:
     return items
 
 
+_workers_range = integer(1, 64)
+worker_count.range = "auto | 1-64"  # type: ignore[attr-defined]
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 ONLINE: tuple[Setting, ...] = (
@@ -157,7 +175,8 @@ ONLINE: tuple[Setting, ...] = (
             "interceptd addresses HOST[:PORT] (default port 36524) (required)", ("-s", "--intercept")),
     Setting("tcpcopyd", "interfaces", ("any",), word_list, "capture interfaces", ("-i", "--interface")),
     Setting("tcpcopyd", "filter", "", text, "BPF capture filter; empty: built from transfer", ("-F", "--filter")),
-    Setting("tcpcopyd", "workers", 2, integer(1, 64), "rewrite-and-send workers (shards)", ("-w", "--workers")),
+    Setting("tcpcopyd", "workers", "auto", worker_count, "rewrite-and-send workers (shards); auto: half the CPUs",
+            ("-w", "--workers")),
     Setting("tcpcopyd", "capture_buffer_mb", 128, integer(8, 2048), "capture ring per interface, MiB",
             ("-B", "--buffer-mb")),
     Setting("tcpcopyd", "pin_cpus", True, boolean, "pin each child to one CPU", ("--pin-cpus",)),

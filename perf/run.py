@@ -292,6 +292,7 @@ def replay(rig: ReplicationRig, pcap: Path, w: Workload, stats: dict, speed: str
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.rss.items() if not k.startswith("target-")},
         "latency_ms": sampler.latency, "report": done.stdout.strip().splitlines(),
         "not_completed": rep.get("not_completed", {}), "funnel": rep.get("funnel", {}),
+        "workers": sum(name.startswith("rewrite-") for name in online),
         "wakeups_per_packet": {role: round(c.get("loop_turns", 0) / packets, 3)
                                for role, c in rep.get("totals", {}).items() if c.get("loop_turns")},
     }
@@ -338,7 +339,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
-    ap.add_argument("--workers", type=int, default=2, help="tcpcopyd's rewrite workers (default 2)")
+    ap.add_argument("--workers", default="auto", help="tcpcopyd's rewrite workers (default: tcpcopyd's, auto)")
     ap.add_argument("--keep", action="store_true", help="keep the work files (captures, profiles) in /tmp")
     ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
     ap.add_argument("--profile-speed", default="top", help="speed of the profiled replay (default top)")
@@ -349,7 +350,7 @@ def main() -> None:
     lab = Lab("tclperf")
     work = Path(tempfile.mkdtemp(prefix="tcpcopy-perf-"))
     work.chmod(0o755)             # the postgres user reaches its data directory below
-    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", str(args.workers)),
+    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", args.workers),
                          intercept_filter=f"tcp and src host {ADDR['target']} and (src port 8080 or src port 5432)")
     targets = Targets(lab, work)
     results: dict = {}
@@ -419,7 +420,9 @@ def print_table(results: dict) -> None:
                   f"{max(r['peak_rss_mib'].values(), default=0):>7} "
                   f"{lat.get('capture_to_worker_p50_ms', 0):>5.1f}/{lat.get('capture_to_worker_p99_ms', 0):<5.1f} "
                   f"{r['target_cpu_pct']:>7} {r['machine_busy_pct']:>5} {bound_by(r):>7}")
-    print(f"us/pkt: CPU of every tcpcopyd process per packet of the file (the original tcpcopy: "
+    workers = sorted({r["workers"] for e in results.values() for r in e["replays"]})
+    print(f"us/pkt: CPU of every tcpcopyd process (supervisor, reader, {'/'.join(map(str, workers))} rewrite "
+          f"worker(s)) per packet of the file (the original tcpcopy: "
           f"{ORIGINAL_US_PER_PACKET[0]}-{ORIGINAL_US_PER_PACKET[1]} us per captured packet); icpt: interceptd's")
     for name, e in results.items():
         for role, rows in e.get("profile", {}).items():

@@ -119,13 +119,17 @@ class ReplicationRig:
                      "--secret-key", str(self.keys / "interceptd.key_secret"),
                      "--authorized-keys", str(self.keys / "authorized"), *self.intercept_args])
 
+    def _tcpcopyd_argv(self, port: int, *extra: str) -> list[str]:
+        """tcpcopyd copying ONLINE:port to the target, with the rig's keys; two workers unless
+        `tcpcopyd_args` says otherwise, so the tests always cover sharding."""
+        return [self._daemon("tcpcopyd"), "-x",
+                f"{ADDR['online']}:{port}-{self.place.send_to or f'{self.place.target_bind}:{port}'}",
+                "-s", self.intercepts, "--run-dir", self.run_dir, "--workers", "2",
+                "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),
+                "--intercept-public-key", str(self.keys / "interceptd.key"), *extra, *self.tcpcopyd_args]
+
     def start_tcpcopyd(self) -> None:
-        self._start("tcpcopyd", "online", [
-            *self.daemon_prefix, self._daemon("tcpcopyd"), "-x",
-            f"{ADDR['online']}:{self.port}-{self.place.send_to or f'{self.place.target_bind}:{self.port}'}",
-            "-s", self.intercepts, "-i", "eth0", "--run-dir", self.run_dir,
-            "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),
-            "--intercept-public-key", str(self.keys / "interceptd.key"), *self.tcpcopyd_args])
+        self._start("tcpcopyd", "online", [*self.daemon_prefix, *self._tcpcopyd_argv(self.port, "-i", "eth0")])
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             status = self.status()
@@ -140,13 +144,7 @@ class ReplicationRig:
                     port: int | None = None) -> subprocess.CompletedProcess:
         """tcpcopyd --offline on the online host, to the end of the files; its output and exit code.
         `port`: the service port of the files' connections (default: the rig's)."""
-        port = port or self.port
-        argv = [self._daemon("tcpcopyd"), "-x",
-                f"{ADDR['online']}:{port}-{self.place.send_to or f'{self.place.target_bind}:{port}'}",
-                "-s", self.intercepts, "--run-dir", self.run_dir,
-                "--secret-key", str(self.keys / "authorized" / "tcpcopyd.key_secret"),
-                "--intercept-public-key", str(self.keys / "interceptd.key"), *self.tcpcopyd_args,
-                "--offline", *files, *args]
+        argv = [*self._tcpcopyd_argv(port or self.port), "--offline", *files, *args]
         return self.lab.run("online", argv, check=False, timeout=timeout, capture_output=True, text=True)
 
     def start(self, services: bool = True) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from appliance import cli, intercept_cli
 from appliance.config import load, online_config
 from appliance.errors import EXIT_CONFIG, ConfigError
-from appliance.settings import INTERCEPT, ONLINE, render_sample
+from appliance.settings import INTERCEPT, ONLINE, auto_workers, render_sample
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 REQUIRED = ["-x", "198.18.0.2:8080-198.18.0.3:8080", "-s", "198.18.0.4"]
@@ -35,8 +36,21 @@ def test_shipped_samples_list_every_key_and_match_the_table():
 def test_shipped_sample_loads_with_defaults():
     values = load(ONLINE, str(CONF / "tcpcopy.toml"), parse(["--insecure", "true"]))
     config = online_config(values, "x")
-    assert config.workers == 2 and config.engine.max_lag == 1.0 and config.sample_rate == 1.0
+    assert config.workers == auto_workers() and config.engine.max_lag == 1.0 and config.sample_rate == 1.0
     assert "dst host 198.18.0.2" in config.bpf
+
+
+def test_workers_auto_is_half_the_cpus_and_a_number_overrides_it(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert auto_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    assert auto_workers() == 6
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(256)))
+    assert auto_workers() == 16
+    values = load(ONLINE, None, parse([*REQUIRED, "--insecure", "true", "-w", "3"]))
+    assert online_config(values, "x").workers == 3
+    values = load(ONLINE, None, parse([*REQUIRED, "--insecure", "true", "-w", "auto"]))
+    assert online_config(values, "x").workers == 16
 
 
 def test_flags_override_the_file(tmp_path):
