@@ -55,6 +55,7 @@ class Child:
     life: Lifecycle
     process: Any = None
     view: ChildView = field(default_factory=ChildView)
+    oneshot: bool = False      # the offline reader: started once the answers flow, its exit ends the run
 
     @property
     def pid(self) -> int | None:
@@ -99,8 +100,9 @@ class Supervisor:
         caps = cpu_plan(len(c.interfaces), 0, c.pin_cpus)
         rews = cpu_plan(n, len(c.interfaces), c.pin_cpus)
 
-        def child(role: str, index: int, entry: str, spec: Any, cpus: tuple[int, ...]) -> Child:
-            return Child(role, index, entry, spec_to_json(spec), cpus, Lifecycle(c.startsecs, c.startretries))
+        def child(role: str, index: int, entry: str, spec: Any, cpus: tuple[int, ...], oneshot: bool = False) -> Child:
+            return Child(role, index, entry, spec_to_json(spec), cpus, Lifecycle(c.startsecs, c.startretries),
+                         oneshot=oneshot)
 
         for k in range(n):   # rewrite workers bind their queues, so they go first
             spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k], c.sample_rate, c.client_pool,
@@ -109,7 +111,7 @@ class Supervisor:
         if c.offline:
             spec_o = ReaderSpec(c.run_dir, n, c.transfers, c.offline, c.speed, c.max_gap_ms, self.offline_packets,
                                 sys.stderr.isatty(), caps[0] if caps else ())
-            self.children.append(child("reader", 0, "workers.reader:main", spec_o, caps[0] if caps else ()))
+            self.children.append(child("reader", 0, "workers.reader:main", spec_o, caps[0] if caps else (), True))
             return
         for i, iface in enumerate(c.interfaces):
             spec_c = CaptureSpec(i, iface, c.bpf, n, c.run_dir, caps[i], buffer_bytes=c.buffer_bytes)
@@ -137,7 +139,7 @@ class Supervisor:
         try:
             now = self.run_started = time.monotonic()
             for child in self.children:
-                if child.role != "reader":     # offline: it waits for the answers' channel
+                if not child.oneshot:          # it waits for the answers' channel
                     self._spawn(child, now)
             log.info("tcpcopyd running: %d rewrite worker(s), %d capture(s), intercepts %s",
                      self.config.workers, len(self.config.interfaces), ", ".join(self.config.intercepts))
@@ -233,16 +235,16 @@ class Supervisor:
                                          name=f"{child.role}-{child.index}", daemon=False)
         child.process.start()
         child.life.spawned(now)
-        if child.role == "reader":
+        if child.oneshot:
             self.reader_started_at = now
         log.info("started %s %d pid %d cpus %s", child.role, child.index, child.pid, child.cpus or "any")
 
     def _manage(self, now: float) -> None:
         for child in self.children:
-            if child.role == "reader" and child.process is None:
+            if child.oneshot and child.process is None:
                 self._start_reader_when_answers_flow(child, now)
                 continue
-            if child.role == "reader" and self._reader_exited(child, now):
+            if child.oneshot and self._reader_exited(child, now):
                 continue
             was = child.life.state
             action = child.life.transition(now, child.alive)
