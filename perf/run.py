@@ -15,7 +15,8 @@ microseconds per packet per role (psutil; the whole online side against the orig
 22-27), peak RSS, capture-to-worker latency, the target's and the machine's CPU (so a run that
 the target or the 2 cores bound says so); writes perf/results/<time>.json and .png and prints
 the table. `--profile` adds one topspeed replay per workload under py-spy and prints where the
-time goes, per process.
+time goes, per process. Then live replication at fixed request rates (perf/live.py), with the
+original's CPU figures for the same load beside ours.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from appliance.lab.postgres import PgCluster
 from appliance.lab.rig import ReplicationRig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import live  # noqa: E402
 from workloads import CALIBRATE, Workload, pg_startup, standard, write_pcap  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -340,6 +342,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
     ap.add_argument("--workers", default="auto", help="tcpcopyd's rewrite workers (default: tcpcopyd's, auto)")
+    ap.add_argument("--no-live", action="store_true", help="skip the live runs at fixed request rates")
     ap.add_argument("--keep", action="store_true", help="keep the work files (captures, profiles) in /tmp")
     ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
     ap.add_argument("--profile-speed", default="top", help="speed of the profiled replay (default top)")
@@ -350,8 +353,9 @@ def main() -> None:
     lab = Lab("tclperf")
     work = Path(tempfile.mkdtemp(prefix="tcpcopy-perf-"))
     work.chmod(0o755)             # the postgres user reaches its data directory below
-    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", args.workers),
-                         intercept_filter=f"tcp and src host {ADDR['target']} and (src port 8080 or src port 5432)")
+    rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", args.workers), port=live.PORT,
+                         intercept_filter=f"tcp and src host {ADDR['target']} and "
+                                          f"(src port 8080 or src port 5432 or src port {live.PORT})")
     targets = Targets(lab, work)
     results: dict = {}
     pools: list[str] = []
@@ -386,6 +390,7 @@ def main() -> None:
                 replay(rig, pcap, w, stats, args.profile_speed, fresh_pool(), targets, prof_dir)
                 entry["profile"] = {p.stem: hotspots(p) for p in sorted(prof_dir.glob("*.txt"))}
             results[w.name] = entry
+        live_rows = [] if args.no_live else live.paced(rig)
     finally:
         rig.close()
         targets.stop()
@@ -394,8 +399,10 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{stamp}.json").write_text(json.dumps({"workloads": results, "live": live_rows}, indent=2))
     print_table(results)
+    if live_rows:
+        live.print_table(live_rows)
     try:
         plot(results, RESULTS / f"{stamp}.png")
     except ImportError:
