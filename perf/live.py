@@ -82,12 +82,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"\nlive, one keep-alive connection at a fixed rate ({rows[0]['workers'] if rows else '?'} rewrite "
           "worker(s)); the original C tcpcopy/intercept measured with the same load on this machine")
     print(f"{'req/s':>6} {'captured pps':>12} {'tcpcopyd %':>10} {'original %':>10} {'ratio':>5} "
-          f"{'us/pkt':>6} {'icpt %':>6} {'orig icpt %':>11} {'target req':>10} {'byte-exact':>10} {'late s':>6} "
-          f"{'original target req/s':>21}")
+          f"{'us/pkt':>6} {'us/req':>6} {'orig us/req':>11} {'icpt %':>6} {'orig icpt %':>11} {'target req':>10} "
+          f"{'byte-exact':>10} {'late s':>6} {'orig target req/s':>17}")
     for r in rows:
         orig = ORIGINAL.get(r["rate"])
         ratio = f"{r['tcpcopyd_cpu_pct'] / orig[0]:.2f}" if orig else "-"
+        # CPU per request the target received in real time: the original fell behind above ~1.2k req/s
+        per_req = 1e4 * r["tcpcopyd_cpu_pct"] / (r["requests_target"] / r["seconds"]) if r["requests_target"] else 0
+        orig_per_req = f"{1e4 * orig[0] / orig[2]:.0f}" if orig else "-"
         print(f"{r['rate']:>6} {r['captured_pps']:>12,} {r['tcpcopyd_cpu_pct']:>10} {orig[0] if orig else '-':>10} "
-              f"{ratio:>5} {r['tcpcopyd_us_per_captured_packet'] or '-':>6} {r['interceptd_cpu_pct']:>6} "
-              f"{orig[1] if orig else '-':>11} {r['requests_target']:>10,} {str(r['byte_exact']):>10} "
-              f"{r['target_done_after_load_s']:>6} {orig[2] if orig else '-':>21}")
+              f"{ratio:>5} {r['tcpcopyd_us_per_captured_packet'] or '-':>6} {per_req:>6.0f} {orig_per_req:>11} "
+              f"{r['interceptd_cpu_pct']:>6} {orig[1] if orig else '-':>11} {r['requests_target']:>10,} "
+              f"{str(r['byte_exact']):>10} {r['target_done_after_load_s']:>6} {orig[2] if orig else '-':>17}")
