@@ -1,3 +1,3 @@
 """tcpcopy-py: replicate live TCP sessions to a test server, statefully."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

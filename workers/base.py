@@ -144,11 +144,24 @@ class Worker:
         self.stopping = True
 
 
+PROFILE_DIR_ENV = "TCPCOPY_CPROFILE_DIR"
+
+
 def child_main(factory: Callable[[], Worker]) -> None:
-    """Entry point of a spawned child: logging, run, exit code."""
+    """Entry point of a spawned child: logging, run, exit code. With TCPCOPY_CPROFILE_DIR set
+    (a diagnostic, see perf/README.md), the child's main thread is profiled by CPU time, not
+    wall time, and the profile is written there as ROLE-PID.prof when it exits."""
     setup_logging()
     try:
-        code = factory().run()
+        worker = factory()
+        profile_dir = os.environ.get(PROFILE_DIR_ENV)
+        if profile_dir:
+            import cProfile
+            profile = cProfile.Profile(time.thread_time)
+            code = profile.runcall(worker.run)
+            profile.dump_stats(os.path.join(profile_dir, f"{worker.role}-{os.getpid()}.prof"))
+        else:
+            code = worker.run()
     except Exception:
         log.exception("child crashed")
         code = 1
