@@ -32,7 +32,13 @@ def report_data(sup: Supervisor, files: list[FileSummary]) -> dict[str, Any]:
     t = totals_of(rows)
     reader, rew = t["reader"], t["rewrite"]
     span = max((f.last_ns for f in files), default=0) - min((f.first_ns for f in files), default=0)
-    whole = (sup.drained_at - sup.reader_started_at) if sup.drained_at and sup.reader_started_at else None
+    whole = None
+    if sup.drained_at and sup.reader_started_at:
+        # the workers' last send, not when the supervisor saw them done (heartbeats come once a second)
+        last_send = max((r["counters"].get("last_send_at", 0.0) for r in rows if r["role"] == "rewrite"),
+                        default=0.0)
+        whole = (last_send - sup.reader_started_wall if last_send > sup.reader_started_wall
+                 else sup.drained_at - sup.reader_started_at)
     return {
         "files": [f.path for f in files],
         "packets": sum(f.packets for f in files),

@@ -80,6 +80,7 @@ class Supervisor:
         self.offline_packets = offline_packets
         self.reader_done_at: float | None = None
         self.reader_started_at: float | None = None
+        self.reader_started_wall = 0.0               # epoch, to compare with the workers' last_send_at
         self.drained_at: float | None = None         # offline: every packet handed over, no session open
         self.config_path = config_path
         self.cli_args = cli_args
@@ -237,6 +238,7 @@ class Supervisor:
         child.life.spawned(now)
         if child.oneshot:
             self.reader_started_at = now
+            self.reader_started_wall = time.time()
         log.info("started %s %d pid %d cpus %s", child.role, child.index, child.pid, child.cpus or "any")
 
     def _manage(self, now: float) -> None:

@@ -52,6 +52,7 @@ class RewriteWorker(Worker):
         self.segments_received = 0
         self.response_batches = 0
         self.capture_latency_max = 0.0
+        self.last_send_at = 0.0        # epoch: an offline replay's end is its workers' last send
         self._handshakes_warned = 0
         self._latencies = [0.0] * LATENCY_SAMPLES   # capture -> worker, the most recent segments
         self._lat_at = 0
@@ -153,11 +154,14 @@ class RewriteWorker(Worker):
         table.flush(now)
 
     def _send(self, out: list[Emit]) -> None:
+        if not out:
+            return
         add = self.sender.add
         for e in out:
             add(e.src_ip, e.dst_ip, e.src_port, e.dst_port, e.seq, e.ack, e.flags, e.window, e.options,
                 e.payload, e.ip_id)
         self.sender.flush()
+        self.last_send_at = time.time()
 
     def counters(self) -> dict[str, Any]:
         self._warn_about_handshakes()
@@ -172,6 +176,7 @@ class RewriteWorker(Worker):
             "response_batches": self.response_batches,
             "capture_latency_max_ms": round(self.capture_latency_max * 1000, 3),
             **self._latency_percentiles(),
+            "last_send_at": self.last_send_at,
             "response_channel": self.channel.counters(),
             "intercepts_heard": len(self.channel.intercepts),
         })
