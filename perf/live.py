@@ -93,4 +93,4 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"{r['rate']:>6} {r['captured_pps']:>12,} {r['tcpcopyd_cpu_pct']:>10} {orig[0] if orig else '-':>10} "
               f"{ratio:>5} {r['tcpcopyd_us_per_captured_packet'] or '-':>6} {per_req:>6.0f} {orig_per_req:>11} "
               f"{r['interceptd_cpu_pct']:>6} {orig[1] if orig else '-':>11} {r['requests_target']:>10,} "
-              f"{str(r['byte_exact']):>10} {r['target_done_after_load_s']:>6} {orig[2] if orig else '-':>17}")
+              f"{r['byte_exact']!s:>10} {r['target_done_after_load_s']:>6} {orig[2] if orig else '-':>17}")

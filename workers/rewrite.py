@@ -82,9 +82,9 @@ class RewriteWorker(Worker):
         ready = dict(self.poller.poll(timeout))
         until = time.monotonic() + STEP_BUDGET
         # recv only from a socket the poller saw ready: a poll costs less than a refused recv
-        if self.channel.monitor in ready:
-            self.channel.on_monitor()
         while ready:
+            if self.channel.monitor in ready:
+                self.channel.on_monitor()
             if self.responses in ready:
                 batch = self.channel.receive()
                 if batch is not None:
