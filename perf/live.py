@@ -47,7 +47,7 @@ def paced(rig: ReplicationRig, rates: tuple[int, ...] = RATES, duration: float =
             path.unlink(missing_ok=True)
         rig.start_services()
         rig.start_tcpcopyd()
-        time.sleep(1.0)                               # the workers' subscriptions settle
+        rig.wait_for_subscriptions()
         status = rig.fresh_status()
         procs = {f"{ch['role']}-{ch['index']}": psutil.Process(ch["pid"]) for ch in status["children"]}
         procs["supervisor"] = psutil.Process(status["supervisor"]["pid"])

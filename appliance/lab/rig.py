@@ -153,7 +153,20 @@ class ReplicationRig:
             self.start_services()
         self.start_interceptd()
         self.start_tcpcopyd()
-        time.sleep(0.5)      # the workers' subscriptions to interceptd settle
+        self.wait_for_subscriptions()
+
+    def wait_for_subscriptions(self, limit: float = 5.0) -> bool:
+        """Until every rewrite worker has heard interceptd (its subscription is in place, so no
+        answer to the first connections is missed); False after `limit` (a test that keeps
+        interceptd out on purpose)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            status = self.status()
+            workers = [ch for ch in status["children"] if ch["role"] == "rewrite"] if status else []
+            if workers and all(ch["counters"].get("intercepts_heard") for ch in workers):
+                return True
+            time.sleep(0.1)
+        return False
 
     def status(self) -> dict[str, Any] | None:
         from appliance.ctl import call

@@ -61,7 +61,7 @@ def test_sessions_open_before_tcpcopyd_starts_still_replay(rig_factory, lab):
     rig.start_interceptd()
     with HeldConnections(lab, 20, 10, f"{ADDR['online']}:{SERVICE_PORT}") as held:
         rig.start_tcpcopyd()
-        time.sleep(0.5)
+        assert rig.wait_for_subscriptions()
         assert held.finish()["errors"] == 0
     v = rig.verdict({}, time.time())
     online = load_records(rig.online_rec)
