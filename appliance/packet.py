@@ -28,7 +28,6 @@ OPT_WSCALE = 3
 OPT_SACK_OK = 4
 OPT_TIMESTAMP = 8
 
-IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 IPV4_HEADER_INT = struct.Struct("!BBHHHBBHII")           # addresses as 32-bit ints
 IPV4_TCP_HEADER = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # both headers, no IP options
 TCP_HEADER = struct.Struct("!HHIIBBHHH")

@@ -24,7 +24,7 @@ import zmq
 
 from appliance import curve, wire
 from appliance.config import InterceptConfig
-from appliance.packet import link_header_len
+from appliance.packet import link_header_len, server_key_of
 from appliance.shardsplit import ShardSplitter
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,9 @@ class Intercept:
             return
         doff = (view[ihl + 12] >> 4) * 4
         self.captured += 1
-        self.split.add(ts_ns, view[:min(len(view), ihl + doff)], int.from_bytes(view[16:20], "big"),
-                       (view[ihl + 2] << 8) | view[ihl + 3])
+        header = view[:min(len(view), ihl + doff)]
+        client_ip, client_port = server_key_of(header)  # type: ignore[misc]  # checked above: IPv4/TCP
+        self.split.add(ts_ns, header, client_ip, client_port)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)

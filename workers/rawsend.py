@@ -79,6 +79,7 @@ class RawSender:
         self._iovs_view = memoryview(self._iovs).cast("B")
         self._data_at = ctypes.addressof(self._data)
         self._iovs_at = ctypes.addressof(self._iovs)
+        self._msgs_at = ctypes.addressof(self._msgs)
         self._names: dict[int, tuple[ctypes.Array, int, str]] = {}   # dst ip -> sockaddr_in, address, text
 
     @property
@@ -134,7 +135,7 @@ class RawSender:
             _MMSG.pack_into(msgs, i * 64, self._name(dst)[1], 16, iov_at + i * 16, 1)
         at, total = 0, self.count
         while at < total:
-            done = self._sendmmsg(self.fd, ctypes.addressof(self._msgs) + at * 64, total - at, 0)
+            done = self._sendmmsg(self.fd, self._msgs_at + at * 64, total - at, 0)
             if done < 0:
                 self._count_error(ctypes.get_errno())
                 at += 1                     # that packet is lost and counted; the rest still go
