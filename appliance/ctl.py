@@ -4,7 +4,7 @@
     tcpcopyctl pause | resume | stop
     tcpcopyctl set sample-rate 0.25 | set log-level debug
     tcpcopyctl doctor --role online|target|assistant [--client IP --assistant IP ...]
-    tcpcopyctl keygen [--dir /etc/tcpcopy/curve] NAME
+    tcpcopyctl keygen [--dir /etc/tcpcopy/curve] [--force] NAME
 
 Exit codes of `status` follow LSB: 0 running, 3 not running, 4 unknown/unreachable.
 """
@@ -136,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("name", choices=("sample-rate", "log-level"))
     st.add_argument("value")
     kg = sub.add_parser("keygen", help="make a CURVE key pair (NAME.key public, NAME.key_secret secret)")
-    kg.add_argument("--dir", default="/etc/tcpcopy/curve", help="where to write the two files")
-    kg.add_argument("name", help="e.g. interceptd, or tcpcopyd-HOSTNAME")
+    kg.add_argument("--dir", default="/etc/tcpcopy/curve",
+                    help="where to write the two files (made 0750 if missing; it must be yours)")
+    kg.add_argument("--force", action="store_true", help="replace an existing pair of that name")
+    kg.add_argument("name", help="e.g. interceptd, or tcpcopyd-HOSTNAME (A-Z a-z 0-9 _ . -, 1-64)")
     dr = sub.add_parser("doctor", help="check this host's set-up for its role; print fixes")
     dr.add_argument("--role", required=True, choices=("online", "target", "assistant"))
     dr.add_argument("--client", default="198.18.0.1", help="a client address (or one of the -c pool)")
@@ -159,15 +161,23 @@ def doctor(args: argparse.Namespace) -> int:
     return 0 if all(f.ok for f in findings) else EXIT_REFUSED
 
 
+def keygen(args: argparse.Namespace) -> int:
+    from appliance.curve import KeygenError, keygen as make_pair
+    try:
+        public, secret = make_pair(args.dir, args.name, force=args.force)
+    except (KeygenError, OSError) as exc:
+        print(f"tcpcopyctl keygen: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"public key {public} (give it to the peer)\nsecret key {secret} (keep it here, mode 0600)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "doctor":
         return doctor(args)
     if args.command == "keygen":
-        from appliance.curve import keygen
-        public, secret = keygen(args.dir, args.name)
-        print(f"public key {public} (give it to the peer)\nsecret key {secret} (keep it here, mode 0600)")
-        return 0
+        return keygen(args)
     if not os.path.exists(os.path.join(args.run_dir, "ctl")):
         print(f"tcpcopyd is not running (no control socket in {args.run_dir})", file=sys.stderr)
         return LSB_NOT_RUNNING
