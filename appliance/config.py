@@ -8,6 +8,7 @@ serialised as JSON (never pickled) and rebuilt with `spec_from_json`.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import json
 import os
 import tomllib
@@ -173,7 +174,8 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         client_pool=v["tcpcopyd.client_pool"], copies=v["tcpcopyd.copies"],
         log_level=v["tcpcopyd.log_level"], metrics_listen=v["tcpcopyd.metrics_listen"],
         graceful_timeout=v["supervisor.graceful_timeout"], startsecs=v["supervisor.startsecs"],
-        startretries=v["supervisor.startretries"], source=source, control_group=v["tcpcopyd.control_group"],
+        startretries=v["supervisor.startretries"], source=source,
+        control_group=_control_group(v["tcpcopyd.control_group"]),
         user=_user(v["tcpcopyd.user"]),
         **_curve_client(v))
 
@@ -182,6 +184,25 @@ def _user(name: str) -> str:
     if name:
         from appliance.privileges import lookup_user
         lookup_user(name)
+    return name
+
+
+def _control_group(name: str) -> str:
+    """control_group must exist, and tcpcopyd must be able to give it the control socket: root can
+    (it does so before any drop to `user`), a plain user (the units' User=tcpcopy) only a group it
+    is in; the packages make the group tcpcopyctl and the unit grants it (SupplementaryGroups=)."""
+    if not name:
+        return name
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        raise ConfigError(f"control_group = {name!r}: no such group (the packages make 'tcpcopyctl'; "
+                          f"or: groupadd --system {name})") from None
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise ConfigError(f"control_group = {name!r}: tcpcopyd runs as uid {os.geteuid()}, which is not in "
+                          f"that group, so it cannot give it the control socket; use control_group = "
+                          f"'tcpcopyctl' (the unit grants it), or add SupplementaryGroups={name} to the "
+                          "unit (systemctl edit tcpcopyd)")
     return name
 
 

@@ -9,7 +9,6 @@ level) go to the children on a PUB socket, on change and once a second. Stop ord
 
 from __future__ import annotations
 
-import grp
 import logging
 import multiprocessing
 import os
@@ -23,14 +22,14 @@ from typing import Any
 import setproctitle
 import zmq
 
-from appliance import wire
+from appliance import rundir, wire
 from appliance.config import (
     CaptureSpec, OnlineConfig, ReaderSpec, RewriteSpec, cpu_plan, load, spec_to_json,
 )
 from appliance.control import (
     COMMANDS, Request, child_rows, decode_request, encode_reply, error_reply, summary_line, totals_of,
 )
-from appliance.errors import EXIT_BOOT_ERROR, EXIT_OK, ConfigError, HaltAppliance
+from appliance.errors import EXIT_BOOT_ERROR, EXIT_CONFIG, EXIT_OK, ConfigError, HaltAppliance
 from appliance.lifecycle import Action, ChildState, Lifecycle
 from appliance.metrics import MetricsServer
 from appliance.observe import ChildView, Rates
@@ -121,7 +120,11 @@ class Supervisor:
     # ---- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
         setproctitle.setproctitle(f"tcpcopyd: supervisor {self.config.run_dir}")
-        os.makedirs(self.config.run_dir, mode=0o700, exist_ok=True)
+        try:
+            rundir.prepare(self.config.run_dir, self.config.user)
+        except ConfigError as exc:
+            log.error("configuration error: %s", exc)
+            return EXIT_CONFIG
         self.ctx = zmq.Context()
         self.ctl = self._bind(zmq.ROUTER, wire.control_endpoint(self.config.run_dir))
         self._protect_control_socket()
@@ -170,25 +173,14 @@ class Supervisor:
     def _become_user(self) -> None:
         """Sockets are bound: from here on, a plain user with CAP_NET_RAW and CAP_NET_ADMIN only
         (ambient, so the children spawned next can still capture and send raw)."""
-        from appliance.privileges import drop_to, lookup_user
-        user = lookup_user(self.config.user)
-        for path in [self.config.run_dir] + [os.path.join(self.config.run_dir, n) for n in ("ctl", "stats", "settings")]:
-            os.chown(path, user.pw_uid, -1)
+        from appliance.privileges import drop_to
+        rundir.hand_over(self.config.run_dir, self.config.user)
         drop_to(self.config.user)
         log.info("running as %s with CAP_NET_RAW and CAP_NET_ADMIN only", self.config.user)
 
     def _protect_control_socket(self) -> None:
         """Only root, or members of control_group, may talk to the control socket."""
-        path = os.path.join(self.config.run_dir, "ctl")
-        group = self.config.control_group
-        if not group:
-            os.chmod(path, 0o600)
-            return
-        gid = grp.getgrnam(group).gr_gid
-        os.chown(self.config.run_dir, -1, gid)
-        os.chmod(self.config.run_dir, 0o750)
-        os.chown(path, -1, gid)
-        os.chmod(path, 0o660)
+        rundir.protect_control_socket(self.config.run_dir, self.config.control_group, self.config.user)
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
