@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from appliance.control import child_rows, funnel, totals_of
-from appliance.pcapfile import FileSummary, scan
+from appliance.pcapfile import DROP_COUNTERS, FileSummary, scan
 
 if TYPE_CHECKING:
     from appliance.supervisor import Supervisor
@@ -19,10 +19,13 @@ NOT_COMPLETED = ("sessions_reset_by_target", "sessions_reset_by_client", "sessio
                  "handshake_timeouts", "handshake_refused", "port_reuse_resets", "sessions_evicted",
                  "sessions_shutdown", "sessions_lost_in_restarts", "sessions_skipped_paused",
                  "sessions_skipped_sampled", "capture_gaps", "buffer_overflows")
+# Why a packet of the files was not replayed at all: the reader's counters.
+NOT_REPLAYED = ("not_ip", "malformed", *DROP_COUNTERS)
 
 
 def check_files(paths: tuple[str, ...]) -> list[FileSummary]:
-    """Scan every file completely; PcapError (file and byte offset) on the first bad one."""
+    """Scan every file completely; PcapError (file and byte offset) on the first bad one, and on
+    anything that is not a regular file (exit code 65 either way)."""
     return [scan(p) for p in paths]
 
 
@@ -41,9 +44,10 @@ def report_data(sup: Supervisor, files: list[FileSummary]) -> dict[str, Any]:
                  else sup.drained_at - sup.reader_started_at)
     return {
         "files": [f.path for f in files],
-        "packets": sum(f.packets for f in files),
+        "packets": sum(f.packets + sum(f.drops.values()) for f in files),   # pcapfile's drops too
         "file_span_s": span / 1e9,
         "packets_for_transfers": reader.get("packets_kept", 0),
+        "not_replayed": {k: reader.get(k, 0) for k in NOT_REPLAYED if reader.get(k, 0)},
         "client_connections": reader.get("client_connections", 0),
         "speed": sup.config.speed,
         "read_s": reader.get("replay_ms", 0) / 1000,
@@ -71,6 +75,8 @@ def report(data: dict[str, Any]) -> str:
         f"{data['bytes_acked']:,} acknowledged by the target",
         f"timing: requested {requested}; took {took:.2f} s" + (f" ({packets / took:,.0f} packets/s)" if took else ""),
     ]
+    if data["not_replayed"]:
+        lines.append("packets not replayed: " + ", ".join(f"{k} {v:,}" for k, v in data["not_replayed"].items()))
     if lost:
         lines.append("not completed: " + ", ".join(f"{k} {v:,}" for k, v in lost.items()))
     if data["funnel"].get("in_queues"):

@@ -3,7 +3,9 @@
 Runs in its own child instead of the capture processes (tcpcopyd --offline). Keeps the packets
 a live capture would have kept (those addressed to a transfer's online side), paces them by
 their timestamps (original timing, N x speed, or as fast as the workers take them, with idle gaps
-optionally cut), and never drops: it waits for a full queue instead. Exits 0 at the end.
+optionally cut), and never drops for a full queue: it waits instead. A frame it cannot replay is
+counted, never fatal: `not_ip` (not IPv4/TCP), `malformed` (an IPv4/TCP header cut short by the
+capture), and pcapfile's DROP_COUNTERS. Exits 0 at the end, EXIT_DATA_ERROR on a broken file.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from appliance import wire
 from appliance.config import ReaderSpec, spec_from_json
 from appliance.flowkey import shard_of
 from appliance.packet import client_key_of, link_header_len
-from appliance.pcapfile import PcapError, packets
+from appliance.pcapfile import DROP_COUNTERS, PcapError, packets
 from appliance.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 BATCH = 256
 COALESCE = 0.001             # at most one wake-up this often: a packet is at most this late (timing: 1 ms)
 DELIVERY_LINGER_MS = 60_000   # at exit, queued batches still reach the workers (offline never drops)
+FINAL_STATS_LINGER_MS = 2_000  # at exit, the last heartbeat (the counters the report reads) is delivered
 EXIT_DATA_ERROR = 65
 
 
@@ -38,7 +41,8 @@ class ReaderWorker(Worker):
         super().__init__(0, spec.run_dir, spec.cpus, "tcpcopyd: offline reader")
         self.spec = spec
         self.transfers = TransferMap(parse_transfers(spec.transfers))
-        self.read = self.kept = self.not_ip = self.queue_waits = self.syns = 0
+        self.read = self.kept = self.not_ip = self.malformed = self.queue_waits = self.syns = 0
+        self.file_drops: dict[str, int] = {}         # pcapfile counts the packets it does not yield
         self.clients: set[tuple[int, int]] = set()
         self.file_span_ns = 0
         self.started_at = self.finished_at = 0.0
@@ -50,6 +54,8 @@ class ReaderWorker(Worker):
                        for k in range(spec.shards)]
         for sock in self.pushes:
             sock.linger = DELIVERY_LINGER_MS
+        # a short replay ends before its first heartbeat got through: only the last one has its counters
+        self.stats_sock.linger = FINAL_STATS_LINGER_MS
         self.builders = [wire.BatchBuilder(wire.KIND_SEGMENTS, 0) for _ in range(spec.shards)]
         self.stream = self._stream()
         self.pending: tuple[float, int, bytes] | None = None
@@ -61,7 +67,7 @@ class ReaderWorker(Worker):
         first = prev = None
         skipped = 0.0
         for path in self.spec.files:
-            for ts_ns, linktype, frame in packets(path):
+            for ts_ns, linktype, frame in packets(path, drops=self.file_drops):
                 ts = ts_ns / 1e9
                 if first is None:
                     first = prev = ts
@@ -110,10 +116,13 @@ class ReaderWorker(Worker):
             return
         ip = memoryview(frame)[offset:]
         key = client_key_of(ip)
-        if key is None or len(ip) < 24:
-            self.not_ip += 1
+        if key is None:
+            self._not_replayable(ip)
             return
         ihl = (ip[0] & 0x0F) * 4
+        if len(ip) < ihl + 20:                       # the IP header's length runs into the cut
+            self.malformed += 1
+            return
         dst = int.from_bytes(ip[16:20], "big"), (ip[ihl + 2] << 8) | ip[ihl + 3]
         if not self.transfers.targets(*dst):
             return
@@ -130,6 +139,14 @@ class ReaderWorker(Worker):
         builder.add(time.time_ns(), ip)
         if builder.count >= BATCH:
             self._flush(shard)
+
+    def _not_replayable(self, ip: memoryview) -> None:
+        """Off the hot path: IPv4/TCP by its first bytes but too short or with a bad header length
+        is `malformed`; anything else is `not_ip`."""
+        if len(ip) >= 10 and ip[0] >> 4 == 4 and ip[9] == 6:
+            self.malformed += 1
+        else:
+            self.not_ip += 1
 
     def _flush_all(self) -> None:
         for shard, builder in enumerate(self.builders):
@@ -167,6 +184,7 @@ class ReaderWorker(Worker):
 
     def counters(self) -> dict[str, Any]:
         return {"packets_read": self.read, "packets_kept": self.kept, "not_ip": self.not_ip,
+                "malformed": self.malformed, **{k: self.file_drops.get(k, 0) for k in DROP_COUNTERS},
                 "queue_waits": self.queue_waits, "client_connections": self.syns,
                 "file_span_ms": self.file_span_ns // 1_000_000,
                 "replay_ms": int(1000 * ((self.finished_at or time.monotonic()) - self.started_at)),
