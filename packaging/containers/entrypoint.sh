@@ -5,7 +5,7 @@
 set -e
 keys=/etc/tcpcopy/curve
 if [ -n "$TCPCOPY_KEY" ] && [ ! -e "$keys/$TCPCOPY_KEY.key_secret" ]; then
-    tcpcopyctl keygen --dir "$keys" "$TCPCOPY_KEY" >/dev/null
+    tcpcopyctl keygen --force --dir "$keys" "$TCPCOPY_KEY" >/dev/null     # --force: a public half left alone
     echo "entrypoint: made $keys/$TCPCOPY_KEY.key (give it to the peer)" >&2
 fi
 [ "$TCPCOPY_KEY" = interceptd ] && mkdir -p "$keys/authorized"
