@@ -23,15 +23,19 @@ import pytest
 from appliance.lab.rig import ReplicationRig
 from tests.lab.packaging_support import PACKAGES, VERSION, deb, make, rpm
 from tests.lab.support import replicate_as_user
+from tests.lab.syscall_filter import calls_outside_filter, outside_filter_prefix
 
 pytestmark = pytest.mark.packaging
 VENV_BIN = "/opt/tcpcopy-py/bin"
 USER = "tcpcopy"
+CONTROL_GROUP = "tcpcopyctl"
 CURVE = Path("/etc/tcpcopy/curve")
 ENABLED = Path("/etc/systemd/system/multi-user.target.wants")
-# as the units start them (User=tcpcopy, AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN)
-SYSTEMD_LIKE = ("setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups",
-                "--inh-caps=+net_raw,+net_admin", "--ambient-caps=+net_raw,+net_admin")
+# as the units start them (User=tcpcopy, SupplementaryGroups=tcpcopyctl, AmbientCapabilities= and
+# CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN, NoNewPrivileges=yes)
+SYSTEMD_LIKE = ("setpriv", f"--reuid={USER}", f"--regid={USER}", f"--groups={CONTROL_GROUP}",
+                "--inh-caps=+net_raw,+net_admin", "--ambient-caps=+net_raw,+net_admin",
+                "--bounding-set=-all,+net_raw,+net_admin", "--no-new-privs")
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -49,6 +53,14 @@ def _installed(name: str) -> bool:
 def _user_exists() -> bool:
     try:
         pwd.getpwnam(USER)
+        return True
+    except KeyError:
+        return False
+
+
+def _group_exists() -> bool:
+    try:
+        grp.getgrnam(CONTROL_GROUP)
         return True
     except KeyError:
         return False
@@ -73,7 +85,7 @@ def installed(built: None) -> Iterator[list[str]]:
     if already:
         pytest.fail(f"{', '.join(already)} already installed on this host; this test installs and purges "
                     f"them itself: dpkg --purge {' '.join(PACKAGES)}")
-    had_user = _user_exists()
+    had_user, had_group = _user_exists(), _group_exists()
     try:
         _run("dpkg", "-i", *(str(deb(name)) for name in PACKAGES))
         yield _run("dpkg-query", "-L", *PACKAGES).stdout.split()
@@ -83,6 +95,8 @@ def installed(built: None) -> Iterator[list[str]]:
             _run("dpkg", "--purge", *left, check=False)
         if not had_user and _user_exists():
             _run("deluser", "--system", "--quiet", USER, check=False)
+        if not had_group and _group_exists():
+            _run("delgroup", "--system", "--quiet", CONTROL_GROUP, check=False)
 
 
 def test_deb_metadata(built):
@@ -115,6 +129,9 @@ def test_installed_files_user_and_keys(installed):
         # enabled, not started (there is no systemd here to start it anyway)
         assert os.readlink(ENABLED / f"{name}.service") == f"/lib/systemd/system/{name}.service"
     assert (CURVE / "authorized").is_dir()
+    curve = CURVE.stat()
+    assert (curve.st_uid, curve.st_gid, stat.S_IMODE(curve.st_mode)) == (0, tcpcopy_gid, 0o750)
+    assert _group_exists()                       # for control_group; tcpcopyd.service grants it
 
 
 def test_installed_commands(installed):
@@ -140,13 +157,22 @@ def test_installed_daemons_replicate_as_the_tcpcopy_user(installed, lab):
     base = Path(tempfile.mkdtemp(prefix="tcl-pkg-", dir="/tmp"))
     try:
         base.chmod(0o755)
-        rig = ReplicationRig(lab, base / "rig", bindir=VENV_BIN, daemon_prefix=SYSTEMD_LIKE,
-                             tcpcopyd_args=("--config", "/etc/tcpcopy/tcpcopy.toml"),
+        prefix = outside_filter_prefix(base)        # empty without strace: the filter is then not checked
+        rig = ReplicationRig(lab, base / "rig", bindir=VENV_BIN, daemon_prefix=(*prefix, *SYSTEMD_LIKE),
+                             tcpcopyd_args=("--config", "/etc/tcpcopy/tcpcopy.toml", "--control-group", CONTROL_GROUP),
                              intercept_args=("--config", "/etc/tcpcopy/intercept.toml"))
         user = pwd.getpwnam(USER)
-        uids, v = replicate_as_user(rig, user.pw_uid, _uid)
-        assert set(uids.values()) == {user.pw_uid}, uids
+
+        def uid_and_control_socket(pid: int) -> tuple[int, int, int]:
+            ctl = os.stat(os.path.join(rig.run_dir, "ctl"))
+            return _uid(pid), ctl.st_gid, stat.S_IMODE(ctl.st_mode)
+
+        seen, v = replicate_as_user(rig, user.pw_uid, uid_and_control_socket)
+        # control_group works under the unit: the daemon, not root, gave the group its socket
+        assert set(seen.values()) == {(user.pw_uid, grp.getgrnam(CONTROL_GROUP).gr_gid, 0o660)}, seen
         assert v.comparison.identical == v.comparison.sessions_online == 105, v.comparison.summary()
+        if prefix:
+            assert calls_outside_filter(base) == {}   # nothing SystemCallFilter=@system-service would kill
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -193,12 +219,14 @@ def test_rpm_metadata_files_scripts_and_requirements(built):
                                                 f"/usr/sbin/{daemon}", f"/usr/share/doc/{name}/copyright"])
         assert q(name, "-c").split() == [f"/etc/tcpcopy/{conf}"]          # %config(noreplace)
         scripts = q(name, "--scripts")
-        assert f"keygen --dir /etc/tcpcopy/curve {daemon}" in scripts
+        assert f"keygen --force --dir /etc/tcpcopy/curve {daemon}" in scripts
+        assert scripts.count("set -e") >= 3                              # post, preun, postun
         assert f"preset {daemon}.service" in scripts                      # enabled only by the presets
         assert f"disable --now {daemon}.service" in scripts
         assert f"try-restart {daemon}.service" in scripts
         assert f"tcpcopy-common = {VERSION}-1" in q(name, "-R").splitlines()
     scripts = q("tcpcopy-common", "--scripts")
     assert "useradd -r -g tcpcopy" in scripts and "groupadd -r tcpcopy" in scripts
+    assert "groupadd -r tcpcopyctl" in scripts and scripts.count("set -e") >= 2
     requires = q("tcpcopy-common", "-R").splitlines()
     assert {"python3.11", "libpcap", "glibc >= 2.25", "shadow-utils"} <= set(requires)
