@@ -26,6 +26,7 @@ from appliance.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 from workers.rawsend import RawSender
 from workers.responses import ResponseChannel
+from workers.sockdiag import SocketTable
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class RewriteWorker(Worker):
         self._lat_at = 0
         self._unmatched_warned = 0
         self._next_handshake_warning = 0.0
+        self._midstream_warned = 0
+        self._next_midstream_warning = 0.0
 
     def setup(self) -> None:
         self.sender = RawSender(self.spec.engine.mtu)
@@ -69,6 +72,10 @@ class RewriteWorker(Worker):
                                        spec.intercept_public_key, count_restarts=spec.index == 0)
         self._sockets.extend(self.channel.sockets())
         self.responses = self.channel.sock
+        if spec.verify_midstream:
+            sockets = SocketTable()
+            # the captured segment goes client -> online server: the server's socket is (dst, src)
+            self.table.accepted_online = lambda seg: sockets.holds(seg.dst_ip, seg.dst_port, seg.src_ip, seg.src_port)
         self.poller = zmq.Poller()
         self.poller.register(self.responses, zmq.POLLIN)
         self.poller.register(self.segments, zmq.POLLIN)
@@ -200,6 +207,13 @@ class RewriteWorker(Worker):
     def _warn_about_handshakes(self) -> None:
         """G8: a SYN the target never answers (as far as we can see) gets a hint, not silence."""
         c = self.table.counters
+        if c.midstream_refused > self._midstream_warned and time.monotonic() >= self._next_midstream_warning:
+            log.warning(
+                "%d connection(s) seen mid-stream were not replayed: this host's socket table does not hold "
+                "them (spoofed segments?). If tcpcopyd does not run where the online server's sockets are "
+                "(a mirror port, another network namespace), set midstream = trust", c.midstream_refused)
+            self._midstream_warned = c.midstream_refused
+            self._next_midstream_warning = time.monotonic() + 10.0
         failed = c.handshake_timeouts + c.handshake_refused
         now = time.monotonic()
         if failed > self._handshakes_warned and now >= self._next_handshake_warning:

@@ -11,8 +11,10 @@ class EngineParams:
 
     mtu: int = 1500                  # largest IP packet we send; bigger captures are split
     fake_syn_mss: int = 1460         # MSS option placed in SYNs we forge (no SYN captured)
-    handshake_timeout: float = 3.0   # SYN sent, no SYN-ACK by then: reset, count handshake_timeouts
-    syn_rto: float = 0.5             # first SYN retransmission; doubles
+    # A real client retries its SYN for a minute or more: replay rides out a short outage of the
+    # target the same way (SYNs at 0.5, 1.5, 3.5, then every rto_max), the captured data held meanwhile.
+    handshake_timeout: float = 20.0  # SYN sent, no SYN-ACK by then: reset, count handshake_timeouts
+    syn_rto: float = 0.5             # first SYN retransmission; doubles up to rto_max
     rto_min: float = 0.1             # retransmission timeout of data to the target; doubles
     rto_max: float = 3.0
     response_quiet: float = 0.010    # a response is complete after this long without target data
@@ -42,10 +44,13 @@ class EngineCounters:
     client_late: int = 0             # captured after the session closed: ignored
     sessions_started: int = 0
     sessions_fake_syn: int = 0       # started mid-stream (open before tcpcopyd, or after a resync)
+    midstream_refused: int = 0       # mid-stream data of a connection the online host never accepted (spoofed?)
     sessions_established: int = 0
     sessions_completed: int = 0      # both sides closed cleanly
     sessions_reset_by_client: int = 0
     sessions_reset_by_target: int = 0
+    target_resets_challenged: int = 0  # RST from the target's side not at rcv_nxt: a challenge ACK sent
+    target_resets_ignored: int = 0   # ... outside the window (or not for our SYN): ignored (forged?)
     sessions_timed_out: int = 0
     handshake_timeouts: int = 0      # G8: no SYN-ACK reached us (route, assistant, filter?)
     handshake_refused: int = 0       # target answered the SYN with RST (nothing listening?)
@@ -64,6 +69,7 @@ class EngineCounters:
     segments_sent: int = 0
     bytes_sent: int = 0              # client payload bytes sent to the target (first sends only)
     retransmits: int = 0             # to the target, on timeout
+    syn_retransmits: int = 0         # SYNs sent again: no SYN-ACK yet (target down, slow or unreachable)
     fast_retransmits: int = 0        # to the target, on 3 duplicate acks
     acks_sent: int = 0               # pure ACKs we forged
     resets_sent: int = 0

@@ -25,6 +25,10 @@ from appliance.packet import (
 
 __all__ = ["INF", "Chunk", "Emit", "Key", "Session", "State"]
 
+# The receive window a RST is challenged in: what our forged window could mean at the largest scale
+# the client's SYN may have offered (65535 << 14); a RST outside it is ignored outright.
+RST_WINDOW = 65535 << 14
+
 
 class Session(Sender):
     """State of one client connection and of its replica connection on the target."""
@@ -215,7 +219,8 @@ class Session(Sender):
             self.c.responses_late += 1
             return
         if hdr.flags & RST:
-            self._on_target_reset(now)
+            if self._reset_acceptable(hdr):
+                self._on_target_reset(now)
             return
         if self.state is State.SYN_SENT:
             if hdr.flags & SYN and hdr.flags & ACK and hdr.ack == (self.client_isn + 1) & 0xFFFFFFFF:
@@ -277,6 +282,24 @@ class Session(Sender):
             if wnd:
                 self.persist_at = INF
 
+    def _reset_acceptable(self, hdr: TcpSegment) -> bool:
+        """RFC 5961 3.2, as a client's kernel checks it: only a RST at exactly rcv_nxt resets the
+        session (in SYN_SENT: one that acknowledges our SYN). One elsewhere in the window gets a
+        challenge ACK (a target that really reset answers it with a RST at the exact number, which
+        also recovers from answers interceptd missed); any other is ignored. Either way counted."""
+        if self.state is State.SYN_SENT:
+            if hdr.flags & ACK and hdr.ack == (self.client_isn + 1) & 0xFFFFFFFF:
+                return True
+        elif hdr.seq == self.rcv_nxt:
+            return True
+        elif 0 < seq_diff(hdr.seq, self.rcv_nxt) < RST_WINDOW:
+            self.c.target_resets_challenged += 1
+            self.c.acks_sent += 1
+            self._emit(self.snd_nxt, self.rcv_nxt, ACK, self._ts_options(None))
+            return False
+        self.c.target_resets_ignored += 1
+        return False
+
     def _on_target_reset(self, now: float) -> None:
         if self.state is State.SYN_SENT:
             self.c.handshake_refused += 1
@@ -324,8 +347,9 @@ class Session(Sender):
                 self.c.handshake_timeouts += 1
                 self.reset(now)
             elif now >= self.syn_rto_at:
-                self.syn_interval *= 2
+                self.syn_interval = min(self.syn_interval * 2, self.p.rto_max)
                 self.syn_rto_at = now + self.syn_interval
+                self.c.syn_retransmits += 1
                 self._emit(self.client_isn, 0, SYN, self.syn_options, window=self.syn_window)
             return True
         if self.state is State.RESYNC:

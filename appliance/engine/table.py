@@ -12,6 +12,7 @@ a table of mostly idle keep-alive connections stays small.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.params import EngineCounters, EngineParams
@@ -40,6 +41,10 @@ class SessionTable:
         self._next_purge = 0.0
         self._sweep: list[Key] = []          # keys still to look at for hibernation
         self._next_sweep = 0.0
+        # A captured segment of a connection whose SYN we never saw is only replayed (behind a forged
+        # SYN) when this says the online server accepted that connection: a spoofed segment is not.
+        # Set by the live rewrite worker (the host's socket table); None trusts every capture (offline).
+        self.accepted_online: Callable[[TcpSegment], bool] | None = None
 
     # ---- events -----------------------------------------------------------------------------
     def client_segment(self, seg: TcpSegment, target_ip: int, target_port: int, now: float,
@@ -52,13 +57,14 @@ class SessionTable:
         self.counters.client_segments += 1
         t = now if t_capture is None else t_capture
         if self.clients.identity:
-            self._client_copy(seg, target_ip, target_port, now, t)
+            self._client_copy(seg, target_ip, target_port, now, t, seg)
             return
         new = bool(seg.flags & SYN and not seg.flags & ACK)
         for ip, port in self.clients.tuples(seg.src_ip, seg.src_port, target_ip, target_port, new):
-            self._client_copy(seg.from_client(ip, port), target_ip, target_port, now, t)
+            self._client_copy(seg.from_client(ip, port), target_ip, target_port, now, t, seg)
 
-    def _client_copy(self, seg: TcpSegment, target_ip: int, target_port: int, now: float, t: float) -> None:
+    def _client_copy(self, seg: TcpSegment, target_ip: int, target_port: int, now: float, t: float,
+                     captured: TcpSegment) -> None:
         c = self.counters
         key = (seg.src_ip, seg.src_port, target_ip, target_port)
         sess = self.get(key)
@@ -95,6 +101,9 @@ class SessionTable:
                               and not _same_stream(sess, seg)):
             if not seg.payload or seg.flags & RST:
                 c.client_no_session += 1
+                return
+            if self.accepted_online is not None and not self.accepted_online(captured):
+                c.midstream_refused += 1      # not remembered: a spoofing flood must not grow memory
                 return
             if not self._admit(key, now):
                 return
@@ -135,8 +144,8 @@ class SessionTable:
                 self.counters.port_reuse_resets += 1
                 old.reset(now)
             del self._waiting[key]
-            for seg, t in segments:
-                self._client_copy(seg, key[2], key[3], now, t)
+            for seg, t in segments:       # queued behind their own SYN: never a mid-stream start
+                self._client_copy(seg, key[2], key[3], now, t, seg)
         dirty, self._dirty = self._dirty, {}
         for sess in dirty.values():
             sess.pump(now)

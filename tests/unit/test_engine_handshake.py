@@ -7,7 +7,7 @@ import pytest
 from appliance.engine.session import State
 from appliance.packet import ACK, FIN, PSH, RST, SYN, mss_option, parse_options
 from tests.unit.enginekit import (
-    C_ISN, CLIENT, CPORT, O_ISN, SPORT, T_ISN, TARGET, Playbook, brief, client, target, ts,
+    C_ISN, CLIENT, CPORT, O_ISN, ONLINE, SPORT, T_ISN, TARGET, Playbook, brief, client, target, ts,
 )
 
 # MSS 1460, SACK-perm, TS 777/0, NOP, WS 7: what a Linux client puts in its SYN
@@ -71,16 +71,31 @@ def test_syn_is_retransmitted_after_syn_rto():
     assert again[0].options == CLIENT_SYN_OPTS and again[0].window == 502
 
 
-def test_syn_retransmissions_back_off_by_doubling():
-    pb = Playbook(handshake_timeout=20.0, syn_rto=0.5)
+def test_syn_retransmissions_back_off_by_doubling_up_to_rto_max():
+    pb = Playbook(handshake_timeout=20.0, syn_rto=0.5, rto_max=3.0)
     pb.cap(client(C_ISN, 0, SYN))
     sent = [round(t - 100.0, 6) for t, e in pb.run_until(119.9) if e.flags == SYN]
-    # intervals 0.5, 1, 2, 4, 8 after the first SYN
-    assert sent == [0.5, 1.5, 3.5, 7.5, 15.5]
+    # intervals 0.5, 1, 2, then rto_max: a target back from an outage hears a SYN within 3 s
+    assert sent == [0.5, 1.5, 3.5, 6.5, 9.5, 12.5, 15.5, 18.5]
+    assert pb.c.syn_retransmits == 8
+
+
+def test_a_target_down_for_two_seconds_gets_the_session_with_its_held_data():
+    """Every SYN before 2 s is lost (link down); the retry at 3.5 s is answered: the session goes on,
+    the request captured meanwhile is sent, nothing is counted as a handshake timeout."""
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK))
+    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET / HTTP/1.1\r\n\r\n"))
+    syns = [t for t, e in pb.run_until(103.5) if e.flags == SYN]
+    assert syns == [pytest.approx(100.5), pytest.approx(101.5), pytest.approx(103.5)]
+    out = pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, options=MSS1460))
+    assert brief(out)[-1] == (ACK | PSH, C_ISN + 1, T_ISN + 1, 18)
+    assert pb.c.handshake_timeouts == 0 and pb.session.state is State.ESTABLISHED
 
 
 def test_handshake_timeout_resets_and_counts():
-    pb = Playbook()
+    pb = Playbook(handshake_timeout=3.0)
     pb.cap(client(C_ISN, 0, SYN))
     got = pb.run_until(103.5)
     syns = [t for t, e in got if e.flags == SYN]
@@ -124,6 +139,26 @@ def test_fake_syn_for_connection_without_captured_syn():
     # the next request of the same turn (same ack) follows at once
     out = pb.cap(client(data_seq + 21, O_ISN + 1, ACK | PSH, b"more"))
     assert brief(out) == [(ACK | PSH, data_seq + 21, T_ISN + 1, 4)]
+
+
+def test_mid_stream_data_the_online_host_never_accepted_is_not_replayed():
+    """A spoofed data segment (no SYN, from any address) must not make us forge a handshake with the
+    target: the table asks the online host's socket table first, with the segment as captured."""
+    asked = []
+    pb = Playbook()
+    pb.table.accepted_online = lambda seg: asked.append((seg.src_ip, seg.src_port, seg.dst_ip, seg.dst_port)) or False
+    assert pb.cap(client(77_000, O_ISN + 1, ACK | PSH, b"DROP TABLE x;")) == []
+    assert pb.cap(client(77_013, O_ISN + 1, ACK | PSH, b"more")) == []
+    assert asked == [(CLIENT, CPORT, ONLINE, SPORT)] * 2
+    assert (pb.c.midstream_refused, pb.c.sessions_started, pb.c.sessions_fake_syn) == (2, 0, 0)
+    assert not pb.table.sessions
+    # a connection the online host holds is replayed behind a forged SYN
+    pb.table.accepted_online = lambda seg: True
+    (syn,) = pb.cap(client(77_017, O_ISN + 1, ACK | PSH, b"ok"))
+    assert syn.flags == SYN and pb.c.sessions_fake_syn == 1
+    # sessions that start with their own SYN are not looked up
+    pb.table.accepted_online = lambda seg: pytest.fail("looked up a connection whose SYN was captured")
+    assert pb.cap(client(C_ISN, 0, SYN, port=CPORT + 1))[0].flags == SYN
 
 
 def test_fake_syn_wraps_below_zero():

@@ -140,6 +140,30 @@ def test_target_rst_without_pending_data_closes():
     assert pb.run_until(pb.now + 10) == []
 
 
+def test_a_target_rst_off_rcv_nxt_is_challenged_or_ignored_rfc5961():
+    """interceptd relays whatever it captures: a forged RST must not end a session (issue 14)."""
+    pb = answered()
+    out = pb.resp(target(T_ISN + 101 + 5000, S2, RST | ACK))      # in the window, not exact
+    assert brief(out) == [(ACK, S2, T_ISN + 101, 0)]               # challenge ACK at our rcv_nxt
+    assert pb.resp(target(T_ISN + 101 - 1, S2, RST)) == []         # behind rcv_nxt: ignored
+    assert pb.resp(target(T_ISN + 101 + (1 << 31), S2, RST)) == []   # far away: ignored
+    assert (pb.c.target_resets_challenged, pb.c.target_resets_ignored) == (1, 2)
+    assert pb.session.state is State.ESTABLISHED and pb.c.sessions_reset_by_target == 0
+    # the target answers a challenge from a socket it really closed with a RST at the exact number
+    assert pb.resp(target(T_ISN + 101, S2, RST)) == []
+    assert pb.session.state is State.CLOSED and pb.c.sessions_reset_by_target == 1
+
+
+def test_a_rst_in_syn_sent_counts_only_when_it_acknowledges_our_syn():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    assert pb.resp(target(0, C_ISN + 7, RST | ACK)) == []          # acks something else
+    assert pb.resp(target(0, 0, RST)) == []                        # acks nothing
+    assert pb.session.state is State.SYN_SENT and pb.c.target_resets_ignored == 2
+    assert pb.resp(target(0, C_ISN + 1, RST | ACK)) == []          # refused: nothing listens
+    assert pb.session.state is State.CLOSED and pb.c.handshake_refused == 1
+
+
 def test_target_rst_after_max_restarts_closes():
     pb = answered(max_restarts=0)
     pb.cap(client(S2, O_ISN + 401, ACK | PSH, b"GET /2\r\n\r\n"))
