@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,20 @@ class ReplicationRig:
                      "--secret-key", str(self.keys / "interceptd.key_secret"),
                      "--authorized-keys", str(self.keys / "authorized"), *self.intercept_args])
 
+    def restart_interceptd(self, down_for: float = 0.0) -> None:
+        """Stop interceptd, leave it down `down_for` seconds (the fault), start it again, and return
+        once every rewrite worker has completed a new CURVE handshake with it."""
+        def handshakes(status: dict[str, Any] | None) -> dict[int, int]:
+            return {ch["index"]: ch["counters"].get("response_channel", {}).get("intercept_handshakes", 0)
+                    for ch in (status or {}).get("children", []) if ch["role"] == "rewrite"}
+
+        before = handshakes(self.fresh_status())
+        self.stop("interceptd")
+        time.sleep(down_for)
+        self.start_interceptd()
+        self.wait_until("every worker's handshake with the new interceptd", lambda s: all(
+            n > before.get(k, 0) for k, n in handshakes(s).items()))
+
     def _tcpcopyd_argv(self, port: int, *extra: str) -> list[str]:
         """tcpcopyd copying ONLINE:port to the target, with the rig's keys; two workers unless
         `tcpcopyd_args` says otherwise, so the tests always cover sharding."""
@@ -147,13 +162,15 @@ class ReplicationRig:
         argv = [*self._tcpcopyd_argv(port or self.port), "--offline", *files, *args]
         return self.lab.run("online", argv, check=False, timeout=timeout, capture_output=True, text=True)
 
-    def start(self, services: bool = True) -> None:
-        """Everything; without `services` the caller runs its own on both hosts at `port`."""
+    def start(self, services: bool = True, subscribed: bool = True) -> None:
+        """Everything; without `services` the caller runs its own on both hosts at `port`. Returns
+        once every worker hears interceptd; `subscribed=False` for a test that keeps it out on purpose."""
         if services:
             self.start_services()
         self.start_interceptd()
         self.start_tcpcopyd()
-        self.wait_for_subscriptions()
+        if subscribed and not self.wait_for_subscriptions(READY_TIMEOUT):
+            raise RuntimeError(f"the rewrite workers never heard interceptd; see {self.dir}/*.log")
 
     def wait_for_subscriptions(self, limit: float = 5.0) -> bool:
         """Until every rewrite worker has heard interceptd (its subscription is in place, so no
@@ -167,6 +184,44 @@ class ReplicationRig:
                 return True
             time.sleep(0.1)
         return False
+
+    def wait_until(self, what: str, ready: Callable[[dict[str, Any]], bool], limit: float = 30.0) -> dict[str, Any]:
+        """The first status document for which `ready` holds (counters move once a heartbeat, ~1 s);
+        AssertionError naming `what` and the rewrite totals after `limit` seconds."""
+        deadline = time.monotonic() + limit
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.status() or {}
+            if status and ready(status):
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"not within {limit} s: {what}; rewrite totals "
+                             f"{status.get('totals', {}).get('rewrite')}")
+
+    def wait_for_target_connections(self, conns: int, limit: float = 30.0) -> None:
+        """Until the target service holds `conns` open connections with at least one request received
+        on each (it writes a snapshot of them on SIGUSR1)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            asked = time.time()
+            self.procs["target-http"].send_signal(signal.SIGUSR1)
+            time.sleep(0.1)
+            snapshot = [r for r in load_records(self.target_rec, include_open=True).values()
+                        if r.get("open") and r.get("at", 0) >= asked and r["requests"] >= 1]
+            if len(snapshot) >= conns:
+                return
+        raise AssertionError(f"the target did not get a request on {conns} connections within {limit} s")
+
+    def wait_for_log(self, name: str, text: str, limit: float = 10.0) -> str:
+        """The log of process `name` once it contains `text` (AssertionError after `limit` s)."""
+        deadline = time.monotonic() + limit
+        log = ""
+        while time.monotonic() < deadline:
+            log = (self.dir / f"{name}.log").read_text()
+            if text in log:
+                return log
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not in {name}.log within {limit} s")
 
     def status(self) -> dict[str, Any] | None:
         from appliance.ctl import call

@@ -26,7 +26,7 @@ def dock(lab):
 def _rig(lab, dock, tmp_path, variant: str, br_netfilter: bool) -> ReplicationRig:
     dock.up(variant, br_netfilter=br_netfilter)
     rig = ReplicationRig(lab, tmp_path / variant, placement=dock.placement(),
-                         intercept_filter=dock.intercept_filter(variant))
+                         intercept_filter=dock.intercept_filter(variant), tcpcopyd_args=("--handshake-timeout", "3"))
     rig.start()
     return rig
 
@@ -52,8 +52,8 @@ def test_seed_routing_fails_and_says_why(lab, dock, tmp_path, br_netfilter):
     try:
         load = rig.load("mix", "--short", "20", "--keepalive", "0")
         assert load["errors"] == 0
-        time.sleep(4.0)                      # past the handshake deadline
-        status = rig.fresh_status()
+        status = rig.wait_until("20 handshake timeouts",
+                                lambda s: s["totals"]["rewrite"]["handshake_timeouts"] >= 20)
         rewrite = status["totals"]["rewrite"]
         assert rewrite["sessions_established"] == 0 and rewrite["handshake_timeouts"] == 20
         (intercept,) = status["intercepts"].values()
@@ -65,10 +65,8 @@ def test_seed_routing_fails_and_says_why(lab, dock, tmp_path, br_netfilter):
             # the answers bypassed the NAT: they come from the container's address, unknown to tcpcopyd
             assert intercept["counters"]["captured"] >= 20
             assert rewrite["responses_unmatched"] >= 20
-        time.sleep(1.0)
-        log = (rig.dir / "tcpcopyd.log").read_text()
-        assert "handshake(s) timed out" in log
+        rig.wait_for_log("tcpcopyd", "handshake(s) timed out")
         if not br_netfilter:
-            assert "addresses tcpcopyd never sent to" in log
+            rig.wait_for_log("tcpcopyd", "addresses tcpcopyd never sent to")
     finally:
         rig.close()

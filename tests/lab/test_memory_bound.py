@@ -17,14 +17,20 @@ MAX_SESSIONS = 5000
 
 
 def test_syn_flood_keeps_memory_bounded(lab, tmp_path):
-    rig = ReplicationRig(lab, tmp_path / "rig", tcpcopyd_args=("--max-sessions", str(MAX_SESSIONS)))
+    rig = ReplicationRig(lab, tmp_path / "rig",
+                         tcpcopyd_args=("--max-sessions", str(MAX_SESSIONS), "--handshake-timeout", "3"))
     try:
         rig.start()
         done = lab.run("client", [sys.executable, "-m", "appliance.lab.flood", "--dst", f"{ADDR['online']}:8080",
                                   "--count", "40000"], timeout=120)
         flood = json.loads(done.stdout)
         assert flood["sent"] == 40000
-        time.sleep(2.0)
+
+        def flood_handled(s: dict) -> bool:
+            f = s["funnel"]
+            return f["captured"] + f["kernel_drops"] >= 40000 and f["in_queues"] == 0
+
+        rig.wait_until("every captured SYN of the flood handed to the workers", flood_handled)
         status = rig.fresh_status()
         rewrite = status["totals"]["rewrite"]
         workers = [ch for ch in status["children"] if ch["role"] == "rewrite"]
@@ -35,7 +41,8 @@ def test_syn_flood_keeps_memory_bounded(lab, tmp_path):
         assert all(w["rss_bytes"] < 200 << 20 for w in workers)
         assert all(ch["restarts"] == 0 for ch in status["children"])
         # the flood ends in handshake timeouts and evictions; real clients still replay
-        time.sleep(4.0)
+        rig.wait_until("the flood's sessions gone", lambda s: all(
+            ch["counters"].get("sessions_active", 0) == 0 for ch in s["children"] if ch["role"] == "rewrite"))
         load = rig.load("mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
         v = rig.verdict(load, time.time())
         assert v.comparison.identical == v.comparison.sessions_online == 105, v.comparison.summary()

@@ -163,12 +163,12 @@ def test_status_json_follows_its_schema_and_the_funnel_adds_up(rig):
 def test_pause_resume_and_sample_rate_at_runtime(rig):
     rig.start()
     ctl = [_bin("tcpcopyctl"), "--run-dir", rig.run_dir]
-    subprocess.run(ctl + ["pause"], check=True, capture_output=True)
-    time.sleep(0.3)
+    # each command returns once every child's heartbeat echoes the change (exit 1 otherwise)
+    paused = subprocess.run(ctl + ["pause"], check=True, capture_output=True, text=True)
+    assert json.loads(paused.stdout)["applied"] is True
     rig.load("mix", "--short", "50", "--keepalive", "0")
     subprocess.run(ctl + ["resume"], check=True, capture_output=True)
     subprocess.run(ctl + ["set", "sample-rate", "0.25"], check=True, capture_output=True)
-    time.sleep(0.3)
     rig.load("burst", "--conns", "2000", "--concurrency", "20")
     bad = subprocess.run(ctl + ["set", "sample-rate", "2"], capture_output=True, text=True)
     assert bad.returncode == 1 and "must be a number 0-1" in bad.stderr
@@ -178,7 +178,8 @@ def test_pause_resume_and_sample_rate_at_runtime(rig):
     sampled = rewrite["sessions_started"]
     assert 2000 * 0.20 <= sampled <= 2000 * 0.30, f"{sampled} of 2000 sessions at sample rate 0.25"
     assert rewrite["sessions_skipped_sampled"] == 2000 - sampled
-    assert status["runtime"] == {"paused": False, "sample_rate": 0.25, "log_level": "info"}
+    assert status["runtime"] == {"paused": False, "sample_rate": 0.25, "log_level": "info", "seq": 3}
+    assert all(ch["settings_seq"] == 3 for ch in status["children"])
 
 
 def test_sighup_reloads_live_settings_and_metrics_endpoint_serves_counters(lab, tmp_path):
@@ -200,6 +201,6 @@ def test_sighup_reloads_live_settings_and_metrics_endpoint_serves_counters(lab, 
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and rig.status()["runtime"]["sample_rate"] != 0.5:
             time.sleep(0.1)
-        assert rig.status()["runtime"] == {"paused": False, "sample_rate": 0.5, "log_level": "debug"}
+        assert rig.status()["runtime"] == {"paused": False, "sample_rate": 0.5, "log_level": "debug", "seq": 1}
     finally:
         rig.close()

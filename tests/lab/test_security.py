@@ -12,6 +12,7 @@ import pytest
 from appliance import wire
 from appliance.curve import keygen
 from appliance.lab.netns import ADDR
+from appliance.lab.records import load_records
 from appliance.lab.rig import ReplicationRig
 
 pytestmark = pytest.mark.lab
@@ -21,12 +22,12 @@ def test_tcpcopyd_with_an_unknown_key_is_refused_and_counted(lab, tmp_path):
     rig = ReplicationRig(lab, tmp_path / "rig")
     stranger = tmp_path / "stranger"
     keygen(str(stranger), "tcpcopyd")                  # a key interceptd was never given
-    rig.tcpcopyd_args = ("--secret-key", str(stranger / "tcpcopyd.key_secret"))
+    rig.tcpcopyd_args = ("--secret-key", str(stranger / "tcpcopyd.key_secret"), "--handshake-timeout", "3")
     try:
-        rig.start()
+        rig.start(subscribed=False)
         rig.load("mix", "--short", "10", "--keepalive", "0")
-        time.sleep(4.0)
-        status = rig.fresh_status()
+        status = rig.wait_until("10 handshake timeouts",
+                                lambda s: s["totals"]["rewrite"]["handshake_timeouts"] >= 10)
     finally:
         rig.close()
     # interceptd refused the handshake, so tcpcopyd heard nothing: not even interceptd's own stats
@@ -92,5 +93,39 @@ def test_control_socket_for_a_configured_group(lab, tmp_path):
         rig.start()
         info = os.stat(os.path.join(rig.run_dir, "ctl"))
         assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == grp.getgrnam("nogroup").gr_gid
+    finally:
+        rig.close()
+
+
+SPOOFER = (
+    "import socket, struct, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
+    "src, dst = socket.inet_aton(sys.argv[1]), socket.inet_aton('198.18.0.2')\n"
+    "data = b'GET /injected HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'\n"
+    "for n, sport in enumerate(range(41000, 41010)):\n"
+    "    tcp = struct.pack('!HHIIBBHHH', sport, 8080, 5000, 7000, 5 << 4, 0x18, 512, 0, 0) + data\n"
+    "    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), n, 0, 64, 6, 0, src, dst)\n"
+    "    s.sendto(ip + tcp, ('198.18.0.2', 0))\n")
+
+
+def test_spoofed_mid_stream_segments_are_not_replayed(lab, tmp_path):
+    """Issue 14: one data segment without a SYN, from any address, used to make tcpcopyd forge a
+    handshake with the target and deliver its payload. Now the online host's socket table decides."""
+    rig = ReplicationRig(lab, tmp_path / "rig")
+    try:
+        rig.start()
+        for source in (ADDR["client"], "198.18.0.77"):       # the real client's address, and a stranger's
+            lab.run("client", [sys.executable, "-c", SPOOFER, source])
+        status = rig.wait_until("20 spoofed segments refused",
+                                lambda s: s["totals"]["rewrite"]["midstream_refused"] >= 20)
+        rewrite = status["totals"]["rewrite"]
+        assert rewrite["sessions_started"] == 0 and rewrite["sessions_fake_syn"] == 0
+        load = rig.load("mix", "--short", "20", "--keepalive", "2", "--per-conn", "5")
+        v = rig.verdict(load, time.time())
+        assert v.comparison.identical == v.comparison.sessions_online == 22, v.comparison.summary()
+        injected = [peer for peer in load_records(rig.target_rec) if peer.endswith(tuple(
+            f":{p}" for p in range(41000, 41010)))]
+        assert not injected, f"the target received the spoofed segments: {injected}"
+        rig.wait_for_log("tcpcopyd", "were not replayed: this host's socket table does not hold")
     finally:
         rig.close()
