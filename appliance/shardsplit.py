@@ -5,6 +5,10 @@ out. Every tcpcopyd worker subscribes to its own shard topic (`wire.shard_topic`
 counts those topics name are the ones in use, and each answer goes into the batch of the shard
 that `flowkey.shard_of` gives its destination (the client) for every count in use, so each
 worker receives only what it owns, and one message per batch instead of one per worker.
+
+A shard count holds one of MAX_SHARD_COUNTS slots (its batch builders) while any topic of it is
+subscribed: XPUB hands over the end of a topic's last subscription (an unsubscribe, or the
+subscriber's disconnect), and the slot is freed when the count's last topic goes.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class ShardSplitter:
         else:
             self.topics.discard(topic)
         self.counts = tuple(sorted({wire.parse_shard_topic(t)[0] for t in self.topics}))  # type: ignore[index]
+        if message[0] == 0 and parsed[0] not in self.counts:
+            # its last subscriber left: free the slot (headers still in its batches had nobody to go to)
+            self._builders.pop(parsed[0], None)
 
     def add(self, ts_ns: int, header: memoryview, client_ip: int, client_port: int) -> None:
         """One answer's IP+TCP header; (client_ip, client_port) is its destination."""

@@ -77,3 +77,62 @@ def test_bad_subscriptions_are_refused_and_bounded():
     for n in range(1, MAX_SHARD_COUNTS + 3):
         subscribe(split, n, 0)
     assert len(split.counts) == MAX_SHARD_COUNTS and split.refused_subscriptions == 6
+
+
+# ---- slots of shard counts: freed with their last subscriber (issue 14) -------------------------
+def test_a_shard_count_frees_its_slot_when_its_last_topic_is_unsubscribed():
+    split = ShardSplitter(7)
+    for n in range(1, 3 * MAX_SHARD_COUNTS):          # worker counts come and go, one at a time
+        for k in range(n):
+            subscribe(split, n, k)
+        assert split.counts == (n,)
+        for k in range(n):
+            subscribe(split, n, k, on=False)
+        assert split.counts == ()
+    assert split.refused_subscriptions == 0
+    assert split._builders == {}                      # nothing kept for counts nobody uses
+
+
+def test_a_slot_stays_while_any_shard_of_its_count_is_subscribed():
+    split = ShardSplitter(7)
+    subscribe(split, 2, 0)
+    subscribe(split, 2, 1)
+    subscribe(split, 2, 0, on=False)                  # one of the two workers left
+    split.add(0, header(0), *CLIENTS[0])
+    split.add(1, header(1), *CLIENTS[1])
+    assert split.counts == (2,)
+    got = batches(split)
+    assert set(got) <= {(2, 0), (2, 1)} and sum(len(v) for v in got.values()) == 2
+    assert split._builders.keys() == {2}
+
+
+def test_slots_are_freed_by_real_xpub_unsubscriptions():
+    """ZeroMQ's XPUB says when the last subscriber of a topic leaves, unsubscribing or closing its socket."""
+    import zmq
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.bind("inproc://answers")
+    split = ShardSplitter(7)
+    subs: list[zmq.Socket] = []
+
+    def take_subscription() -> bytes:
+        assert pub.poll(5000), "no subscription message from XPUB"
+        message = pub.recv()
+        split.subscription(message)
+        return message
+    try:
+        for n in range(1, 2 * MAX_SHARD_COUNTS + 1):
+            sub = ctx.socket(zmq.SUB)
+            subs.append(sub)
+            sub.connect("inproc://answers")
+            sub.setsockopt(zmq.SUBSCRIBE, wire.shard_topic(n, 0))
+            assert take_subscription()[0] == 1 and split.counts == (n,)
+            if n % 2:
+                sub.setsockopt(zmq.UNSUBSCRIBE, wire.shard_topic(n, 0))
+            sub.close(linger=0)                       # even numbers: the disconnect ends the subscription
+            assert take_subscription()[0] == 0 and split.counts == ()
+        assert split.refused_subscriptions == 0 and split._builders == {}
+    finally:
+        for sock in subs + [pub]:
+            sock.close(linger=0)
+        ctx.term()
