@@ -8,6 +8,8 @@ Frames are wire.encode_json(KIND_CONTROL, ...)::
            | {"id": str, "status": "error", "error": str, "errno": str}
 
 Commands: status, stop, pause, resume, set {"name": "sample-rate"|"log-level", "value": ...}.
+Frames are decoded by wire.decode_json (bounded: any bad input is an EPROTO reply, never an
+exception), and a reply that cannot be encoded (too big) goes out as an EMSGSIZE error instead.
 Handlers answer from state the supervisor already holds (its child table, each child's last
 heartbeat, psutil samples); they never ask a worker, so `status` works while workers are saturated.
 The status document is described, field by field, in appliance/status_schema.py.
@@ -15,6 +17,7 @@ The status document is described, field by field, in appliance/status_schema.py.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 STATUS_SCHEMA_VERSION = 2
 ROLES = ("capture", "rewrite", "reader")
+MAX_ID = 64                # characters of a request id kept (and echoed in the reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +62,22 @@ def decode_request(frame: bytes) -> tuple[Request | None, dict]:
         obj = wire.decode_json(frame, wire.KIND_CONTROL)
     except wire.WireError as exc:
         return None, error_reply("", str(exc), "EPROTO")
+    raw_id = obj.get("id", "")
+    valid_id = isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool)
+    request_id = str(raw_id)[:MAX_ID] if valid_id else ""
     command, args = obj.get("command"), obj.get("args", {})
     if not isinstance(command, str) or not isinstance(args, dict):
-        return None, error_reply(str(obj.get("id", "")), "request needs a command and args", "EINVAL")
-    return Request(str(obj.get("id", "")), command, args), {}
+        return None, error_reply(request_id, "request needs a command and args", "EINVAL")
+    return Request(request_id, command, args), {}
 
 
 def encode_reply(reply: dict) -> bytes:
-    return wire.encode_json(wire.KIND_CONTROL, reply)
+    """Never raises: a reply too big for a frame (MAX_JSON_FRAME) becomes an error reply."""
+    try:
+        return wire.encode_json(wire.KIND_CONTROL, reply)
+    except wire.WireError as exc:
+        refusal = error_reply(str(reply.get("id", ""))[:MAX_ID], str(exc)[:200], "EMSGSIZE")
+        return wire.encode_json(wire.KIND_CONTROL, refusal)
 
 
 def decode_reply(frame: bytes) -> dict:
@@ -153,9 +165,11 @@ def status_document(sup: Supervisor) -> dict:
     first = next((r for r in rows if r["role"] == "rewrite" and r["index"] == 0), None)
     return {
         "schema": STATUS_SCHEMA_VERSION,
+        "state": "running",
         "time": round(now, 3),
         "supervisor": {"pid": os.getpid(), "uptime": round(now - sup.started, 3),
-                       "state": "stopping" if sup.stopping else "running"},
+                       "state": "stopping" if sup.stopping else "running",
+                       "bad_frames": dict(sup.bad_frames)},
         "runtime": {k: v for k, v in sup.runtime.items() if k != "seq"},
         "config": {"transfers": sup.config.transfers, "intercepts": list(sup.config.intercepts),
                    "interfaces": list(sup.config.interfaces), "workers": sup.config.workers,
@@ -188,20 +202,41 @@ def handle_resume(sup: Supervisor, request: Request) -> dict:
 
 def handle_set(sup: Supervisor, request: Request) -> dict:
     name, value = request.args.get("name"), request.args.get("value")
+    shown = _bounded_repr(value)
     if name == "sample-rate":
-        try:
-            rate = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            rate = -1.0
-        if not 0.0 <= rate <= 1.0:
-            return error_reply(request.id, f"sample-rate {value!r}: must be a number 0-1", "EINVAL")
+        rate = sample_rate_of(value)
+        if rate is None:
+            return error_reply(request.id, f"sample-rate {shown}: must be a number 0-1", "EINVAL")
         return ok_reply(request.id, sup.set_runtime(sample_rate=rate))
     if name == "log-level":
-        if value not in LOG_LEVELS:
-            return error_reply(request.id, f"log-level {value!r}: must be one of {', '.join(LOG_LEVELS)}",
+        if not isinstance(value, str) or value not in LOG_LEVELS:
+            return error_reply(request.id, f"log-level {shown}: must be one of {', '.join(LOG_LEVELS)}",
                                "EINVAL")
         return ok_reply(request.id, sup.set_runtime(log_level=value))
-    return error_reply(request.id, f"cannot set {name!r} (settable: sample-rate, log-level)", "EINVAL")
+    return error_reply(request.id, f"cannot set {_bounded_repr(name)} (settable: sample-rate, log-level)",
+                       "EINVAL")
+
+
+def _bounded_repr(value: object) -> str:
+    """A client's value echoed in an error: a bounded part of it."""
+    try:
+        return repr(value)[:40]
+    except ValueError:                          # an int beyond Python's 4,300-digit conversion limit
+        return "<a number too long to show>"
+
+
+def sample_rate_of(value: object) -> float | None:
+    """A sample rate 0-1 from a number or a numeric string; None for anything else (including
+    values that overflow a float, NaN and infinities)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    if isinstance(value, str) and len(value) > 32:
+        return None
+    try:
+        rate = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return rate if math.isfinite(rate) and 0.0 <= rate <= 1.0 else None
 
 
 COMMANDS: dict[str, Callable[[Supervisor, Request], dict]] = {

@@ -6,7 +6,10 @@
     tcpcopyctl doctor --role online|target|assistant [--client IP --assistant IP ...]
     tcpcopyctl keygen [--dir /etc/tcpcopy/curve] [--force] NAME
 
-Exit codes of `status` follow LSB: 0 running, 3 not running, 4 unknown/unreachable.
+Exit codes of `status` follow LSB: 0 running, 3 not running, 4 unknown/unreachable; with --json,
+stdout has a document in every case (`{"state": "not running" | "unknown", "reason", "run_dir"}`
+when tcpcopyd does not answer). Every string of the status document is printed with its
+non-printable characters escaped: some come from other hosts (interceptd's report).
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import os
 import sys
 import time
 import uuid
+from typing import Any
 
 import zmq
 
 from appliance import wire
 from appliance.config import DEFAULT_RUN_DIR
-from appliance.control import Request, decode_reply, encode_request
+from appliance.control import Request, decode_reply, encode_request, error_reply
 
 LSB_RUNNING = 0
 LSB_NOT_RUNNING = 3
@@ -37,20 +41,25 @@ DROP_COUNTERS = ("client_no_session", "client_late", "capture_gaps", "buffer_ove
                  "handshake_timeouts", "handshake_refused", "port_reuse_resets", "responses_unmatched",
                  "bad_frames", "malformed", "no_transfer", "sessions_timed_out", "sessions_skipped_paused",
                  "sessions_skipped_sampled", "sessions_lost_in_restarts", "queue_drops", "kernel_drops",
-                 "batches_lost", "not_ip")
+                 "batches_lost", "not_ip", "intercept_fields_dropped")
+MAX_SHOWN = 300            # characters of one string of the status document printed
 
 
 def call(run_dir: str, command: str, args: dict | None = None, timeout: float = 2.0) -> dict | None:
-    """One request/reply; None when nobody answered in time."""
+    """One request/reply; None when nobody answered in time; a garbled reply is an EPROTO error reply."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
     sock.linger = 0
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_JSON_MESSAGE)
     try:
         sock.connect(wire.control_endpoint(run_dir))
         sock.send(encode_request(Request(uuid.uuid4().hex[:8], command, args or {})))
         if not sock.poll(int(timeout * 1000)):
             return None
-        return decode_reply(sock.recv())
+        try:
+            return decode_reply(sock.recv())
+        except wire.WireError as exc:
+            return error_reply("", f"garbled reply: {exc}", "EPROTO")
     finally:
         sock.close(linger=0)
         ctx.term()
@@ -66,7 +75,28 @@ def _size(n: int | None) -> str:
     return "-"
 
 
+def printable(value: object) -> str:
+    """`value` as text for a terminal: control, format and other non-printable characters escaped
+    (an ESC from the wire becomes the four characters \\x1b), at most MAX_SHOWN characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_SHOWN:
+        text = text[:MAX_SHOWN] + "..."
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def printable_tree(obj: Any) -> Any:
+    """The document with every string, key or value, made `printable`; numbers, booleans and null
+    as they are."""
+    if isinstance(obj, dict):
+        return {printable(k): printable_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [printable_tree(v) for v in obj]
+    return printable(obj) if isinstance(obj, str) else obj
+
+
 def format_status(data: dict) -> str:
+    """The human view of a status document; every string in it is escaped first (`printable`)."""
+    data = printable_tree(data)
     sup, cfg, rt = data["supervisor"], data["config"], data.get("runtime", {})
     mode = "PAUSED" if rt.get("paused") else "replicating"
     lines = [f"tcpcopyd pid {sup['pid']}  {sup['state']}, {mode}  up {sup['uptime']:.0f}s  "
@@ -111,12 +141,16 @@ def format_status(data: dict) -> str:
                 drops[k] = drops.get(k, 0) + role_totals[k]
     if drops:
         lines += ["", "drops and give-ups: " + ", ".join(f"{k} {v}" for k, v in drops.items())]
+    bad = {k: v for k, v in sup.get("bad_frames", {}).items() if v}
+    if bad:
+        lines.append("supervisor refused frames: " + ", ".join(f"{k} {v}" for k, v in bad.items()))
     for instance, ic in data.get("intercepts", {}).items():
         c = ic.get("counters", {})
         lines.append(f"interceptd {instance} pid {ic.get('pid')}: captured {c.get('captured', 0)} published "
                      f"{c.get('published', 0)} kernel drops {c.get('kernel_drops', 0)} subscribers "
-                     f"{c.get('subscribers', 0)} no subscriber {c.get('no_subscriber', 0)} "
-                     f"(report {ic.get('age', '?')}s old)")
+                     f"{c.get('subscribers', 0)} no subscriber {c.get('no_subscriber', 0)} not IP "
+                     f"{c.get('not_ip', 0)} malformed {c.get('malformed', 0)} "
+                     f"unexpected {c.get('unexpected', 0)} (report {ic.get('age', '?')}s old)")
     return "\n".join(lines)
 
 
@@ -172,6 +206,14 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_status(args: argparse.Namespace, state: str, reason: str, code: int) -> int:
+    """tcpcopyd gave no status document: `status --json` prints one of its own, so a script always
+    finds `state` on stdout. Returns the LSB exit code `code`."""
+    if args.command == "status" and args.json:
+        print(json.dumps({"state": state, "reason": reason, "run_dir": args.run_dir}))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "doctor":
@@ -180,15 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         return keygen(args)
     if not os.path.exists(os.path.join(args.run_dir, "ctl")):
         print(f"tcpcopyd is not running (no control socket in {args.run_dir})", file=sys.stderr)
-        return LSB_NOT_RUNNING
+        return _no_status(args, "not running", f"no control socket in {args.run_dir}", LSB_NOT_RUNNING)
     request_args = {"name": args.name, "value": args.value} if args.command == "set" else {}
     while True:
         reply = call(args.run_dir, args.command, request_args, timeout=args.timeout)
         if reply is None:
             print("Timed out.", file=sys.stderr)
-            return LSB_UNKNOWN
+            return _no_status(args, "unknown", f"no answer within {args.timeout:g} s", LSB_UNKNOWN)
         if reply.get("status") != "ok":
-            print(f"error: {reply.get('error')} ({reply.get('errno')})", file=sys.stderr)
+            error = f"error: {printable(reply.get('error'))} ({printable(reply.get('errno'))})"
+            print(error, file=sys.stderr)
+            if args.command == "status":
+                return _no_status(args, "unknown", error, LSB_UNKNOWN)
             return EXIT_REFUSED
         if args.command != "status":
             print(json.dumps(reply["data"]))

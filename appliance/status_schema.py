@@ -32,11 +32,13 @@ CHILD = {
 
 STATUS: dict[str, Any] = {
     "schema": ("int", "2"),
+    "state": ("str", "running: tcpcopyd answered (see NO_ANSWER for what --json prints when it does not)"),
     "time": ("float", "when the document was made (epoch seconds)"),
     "supervisor": {
         "pid": ("int", "tcpcopyd's pid"),
         "uptime": ("float", "seconds since start"),
         "state": ("str", "running | stopping"),
+        "bad_frames": ("dict", "frames the supervisor refused, by socket: control, stats"),
     },
     "runtime": {
         "paused": ("bool", "true: no new sessions are started"),
@@ -83,6 +85,15 @@ STATUS: dict[str, Any] = {
         "lost_at": ("list", "names of the stages that lost anything, in pipeline order"),
     },
     "intercepts": ("dict", "interceptd instance -> {pid, filter, counters, age}"),
+}
+
+
+# `tcpcopyctl status --json` when tcpcopyd gives no document (exit 3 or 4); no other field
+NO_ANSWER = {
+    "state": ("str", "not running (no control socket: exit 3) | unknown (no answer in time, or an "
+                     "error: exit 4)"),
+    "reason": ("str", "why, for a human"),
+    "run_dir": ("str", "the run directory tcpcopyctl looked in"),
 }
 
 

@@ -90,6 +90,7 @@ class Supervisor:
         self.runtime = {"paused": False, "sample_rate": config.sample_rate, "log_level": config.log_level,
                         "seq": 0}
         self.rates = Rates()
+        self.bad_frames = {"control": 0, "stats": 0}    # refused frames, in the status document
         self._signals: list[int] = []
         self._mp = multiprocessing.get_context("spawn")
         self._plan()
@@ -185,6 +186,7 @@ class Supervisor:
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_JSON_MESSAGE)    # control, stats and settings: JSON frames
         sock.bind(endpoint)
         return sock
 
@@ -328,6 +330,10 @@ class Supervisor:
             try:
                 obj = wire.decode_json(frame, wire.KIND_STATS)
             except wire.WireError:
+                self.bad_frames["stats"] += 1
+                continue
+            if not isinstance(obj.get("counters", {}), dict):
+                self.bad_frames["stats"] += 1
                 continue
             for child in self.children:
                 if child.role == obj.get("role") and child.index == obj.get("index") \
@@ -405,10 +411,13 @@ class Supervisor:
             except zmq.Again:
                 return
             if len(parts) < 3:
+                self.bad_frames["control"] += 1
                 continue
             identity, body = parts[0], parts[-1]
             request, reply = decode_request(body)
-            if request is not None:
+            if request is None:
+                self.bad_frames["control"] += 1
+            else:
                 reply = self.dispatch(request)
             self.ctl.send_multipart([identity, b"", encode_reply(reply)])
 

@@ -12,7 +12,13 @@ Batch frame (captured segments, and response headers), all fields big-endian::
 `batch seq` counts that sender's batches to one receiver, so receivers count lost batches.
 
 Stats/heartbeat, settings and control frames are a version byte, a kind byte and a UTF-8 JSON
-object. No pickle anywhere.
+object. No pickle anywhere. Every JSON frame read from a socket goes through `decode_json`, which
+turns any bad input into a WireError: oversized or deeply nested frames, integers outside 64 bits
+(Python refuses over 4,300 digits with a bare ValueError), NaN and infinities.
+
+Every ZeroMQ socket has ZMQ_MAXMSGSIZE set to the largest legitimate frame it can receive
+(`MAX_*_MESSAGE` below): a peer that sends more is disconnected by ZeroMQ before the frame is
+allocated.
 
 interceptd -> tcpcopyd (XPUB -> SUB, TCP): every message has two frames, a topic and a body.
 ZeroMQ matches subscriptions on the topic, so each rewrite worker receives only its own shard::
@@ -28,6 +34,7 @@ different numbers of workers) and splits every batch for each of them; `batch se
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -46,6 +53,19 @@ RECORD_HEADER = struct.Struct("!QI")
 MAX_BATCH_RECORDS = 0xFFFF
 MAX_RECORD_BYTES = 256 * 1024
 MAX_JSON_FRAME = 1 << 20
+MAX_JSON_DEPTH = 32            # nesting of arrays and objects; the status document needs 7
+JSON_INT_RANGE = (-(1 << 63), (1 << 64) - 1)
+
+# ZMQ_MAXMSGSIZE of each kind of socket: the largest frame it may legitimately receive.
+MAX_JSON_MESSAGE = 2 + MAX_JSON_FRAME                   # control, stats and settings sockets
+MAX_SEGMENT_RECORDS = 512      # records in a batch of captured segments: capture's batch_max, reader's BATCH
+MAX_SEGMENT_MESSAGE = BATCH_HEADER.size + MAX_SEGMENT_RECORDS * (RECORD_HEADER.size + MAX_RECORD_BYTES)
+MAX_ANSWER_HEADER = 60 + 60    # an answer as interceptd publishes it: IP and TCP headers with options
+MAX_RESPONSE_MESSAGE = max(BATCH_HEADER.size + MAX_BATCH_RECORDS * (RECORD_HEADER.size + MAX_ANSWER_HEADER),
+                           MAX_JSON_MESSAGE)            # a worker's SUB to interceptd: batches and its stats
+# interceptd's XPUB receives subscriptions (6 bytes), but ZMTP handshake commands pass the same limit:
+# a CURVE INITIATE is about 300 bytes (256 refuses every CURVE subscriber), metadata can add more
+MAX_SUBSCRIBER_MESSAGE = 4096
 
 DEFAULT_INTERCEPT_PORT = 36524
 
@@ -130,23 +150,65 @@ def iter_batch(frame: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
 
 
 def encode_json(kind: int, obj: dict) -> bytes:
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    """A JSON frame; WireError for what `decode_json` would refuse (too big, NaN or infinity)."""
+    try:
+        body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"JSON frame not encodable: {exc}") from None
     if len(body) > MAX_JSON_FRAME:
         raise WireError(f"JSON frame of {len(body)} bytes exceeds {MAX_JSON_FRAME}")
     return bytes((VERSION, kind)) + body
 
 
+def _json_int(text: str) -> int:
+    if len(text) > 21:                                   # before int(): it is quadratic in the digits
+        raise WireError(f"JSON integer of {len(text)} digits")
+    value = int(text)
+    if not JSON_INT_RANGE[0] <= value <= JSON_INT_RANGE[1]:
+        raise WireError(f"JSON integer {value} outside 64 bits")
+    return value
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise WireError(f"JSON number {text[:32]!r} overflows a float")
+    return value
+
+
+def _json_constant(text: str) -> float:
+    raise WireError(f"JSON constant {text} is not allowed")
+
+
+def _check_depth(obj: object) -> None:
+    """Iterative, so a deep document cannot exhaust the stack of whoever re-encodes it."""
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise WireError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
 def decode_json(frame: bytes, kind: int) -> dict:
-    if len(frame) < 2 or len(frame) > MAX_JSON_FRAME + 2:
+    """The one decoder of JSON frames read from a socket, in every process: a dict, or WireError for
+    any bad input (size, version, kind, syntax, encoding, nesting, numbers out of range)."""
+    if len(frame) < 2 or len(frame) > MAX_JSON_MESSAGE:
         raise WireError(f"JSON frame of {len(frame)} bytes")
     if frame[0] != VERSION or frame[1] != kind:
         raise WireError(f"JSON frame version/kind {frame[0]}/{frame[1]}, expected {VERSION}/{kind}")
     try:
-        obj = json.loads(frame[2:])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        obj = json.loads(frame[2:], parse_int=_json_int, parse_float=_json_float,
+                         parse_constant=_json_constant)
+    except WireError as exc:
         raise WireError(f"bad JSON frame: {exc}") from None
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and int() refusing too many digits
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"bad JSON frame: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise WireError("JSON frame is not an object")
+    _check_depth(obj)
     return obj
 
 

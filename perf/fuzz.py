@@ -1,26 +1,54 @@
-"""Long fuzz run: millions of mutated packets and batch frames through the parsers.
+"""Long fuzz run: millions of mutated packets, batch frames, capture files, JSON frames and
+captured answers through the parsers.
 
     .venv/bin/python perf/fuzz.py [--inputs 10000000] [--seed 1]
 
 Each input is a valid packet or frame with random bytes overwritten, truncated or extended, or
 plain random bytes. The only acceptable outcomes are a parse or the documented error
-(MalformedPacket, WireError); anything else stops the run with the input printed in hex.
-Prints the count of inputs, how many parsed, and the rate.
+(MalformedPacket, WireError, PcapError); anything else stops the run with the input printed in hex.
+interceptd's capture path is fuzzed as it runs: mutated frames are written to pcap files
+(INTERCEPT_FILE_FRAMES at a time) that libpcap (pypcap) replays into interceptd's capture
+callback; every frame must be published or counted, never `unexpected`, and every published
+header must parse as the rewrite worker parses it. Prints the count of inputs, how many parsed,
+and the rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import tempfile
 import time
 
 from appliance import wire
+from appliance.config import InterceptConfig
 from appliance.packet import ACK, PSH, MalformedPacket, build_ipv4_tcp, parse_ipv4_tcp, parse_options
 from appliance.pcapfile import PcapError, packets
+from workers.intercept import Intercept
 
 SEEDS = [build_ipv4_tcp(0xC6120001, 0xC6120002, 40000, 8080, 1, 2, ACK | PSH, 512,
                         b"\x01\x01\x08\x0a" + b"\x00" * 8, b"GET / HTTP/1.1\r\n\r\n"),
          build_ipv4_tcp(0xC6120003, 0xC6120001, 8080, 40000, 5, 6, ACK, 512, b"\x02\x04\x05\xb4\x04\x02")]
+ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+JSON_SEEDS = [b'{"id":"1","command":"set","args":{"name":"sample-rate","value":0.25}}',
+              b'{"role":"interceptd","instance":"0a0b0c0d","pid":42,"counters":{"captured":1,"published":1}}']
+KINDS = 5
+INTERCEPT_FILE_FRAMES = 2000
+
+
+def mutate_json(rng: random.Random, base: bytes) -> bytes:
+    """A JSON seed with a number blown up (past 4,300 digits, past a float, NaN), nesting added,
+    or bytes flipped."""
+    choice = rng.random()
+    if choice < 0.3:
+        number = rng.choice([b"9" * rng.randrange(1, 6000), b"1e" + str(rng.randrange(300, 400)).encode(),
+                             b"NaN", b"-Infinity", b"-" + b"1" * rng.randrange(15, 30)])
+        return base.replace(b"0.25", number).replace(b"42", number)
+    if choice < 0.4:
+        depth = rng.randrange(1, 3000)
+        return base[:-1] + b',"x":' + b"[" * depth + b"]" * depth + b"}"
+    return mutate(rng, base)
 
 
 def mutate(rng: random.Random, base: bytes) -> bytes:
@@ -37,15 +65,57 @@ def mutate(rng: random.Random, base: bytes) -> bytes:
     return bytes(data)
 
 
-def _pcap_of(ip_packets: list[bytes]) -> bytes:
+def _pcap_of(ip_packets: list[bytes], linktype: int | None = None) -> bytes:
+    """A pcap file of the packets: raw IP, or `linktype` (1: Ethernet frames)."""
     import io
 
     import dpkt
     out = io.BytesIO()
-    writer = dpkt.pcap.Writer(out, snaplen=65535, linktype=dpkt.pcap.DLT_RAW)
+    linktype = dpkt.pcap.DLT_RAW if linktype is None else linktype
+    writer = dpkt.pcap.Writer(out, snaplen=65535, linktype=linktype)
     for n, pkt in enumerate(ip_packets):
         writer.writepkt(pkt, 1000.0 + n)
     return out.getvalue()
+
+
+class InterceptFuzz:
+    """Captured answers for interceptd, fed a pcap file at a time through its capture callback."""
+
+    def __init__(self) -> None:
+        self.ic = Intercept(InterceptConfig(interfaces=("lo",), bpf="tcp"))
+        for count in (1, 3):
+            for shard in range(count):
+                self.ic.split.subscription(b"\x01" + wire.shard_topic(count, shard))
+        self.frames: list[bytes] = []
+        self.fed = 0
+
+    def add(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        if len(self.frames) >= INTERCEPT_FILE_FRAMES:
+            self.flush()
+
+    def flush(self) -> int:
+        """Feed the frames gathered; the number of headers published. Raises on a broken promise
+        (the pcap file is kept and named)."""
+        if not self.frames:
+            return 0
+        ic = self.ic
+        fd, path = tempfile.mkstemp(prefix="interceptd-fuzz-", suffix=".pcap")
+        with os.fdopen(fd, "wb") as f:
+            f.write(_pcap_of(self.frames, linktype=1))
+        fed = ic.feed_file(path)
+        self.fed += fed
+        published = 0
+        for _topic, frame in ic.split.take():
+            for _ts, header in wire.decode_batch(frame)[1]:
+                parse_ipv4_tcp(header, keep_payload=False)      # raises MalformedPacket: a broken promise
+                published += 1
+        if fed != len(self.frames) or ic.unexpected or ic.captured + ic.malformed + ic.not_ip != self.fed:
+            raise AssertionError(f"interceptd's capture callback: fed {fed} of {len(self.frames)}, counters "
+                                 f"{ic.counters()}; frames kept in {path}")
+        os.unlink(path)
+        self.frames = []
+        return published
 
 
 def main() -> None:
@@ -59,10 +129,25 @@ def main() -> None:
         b.add(1, s)
     frames = [b.take()]
     pcap_file = _pcap_of(SEEDS)
+    intercept = InterceptFuzz()
     parsed = 0
     started = time.monotonic()
     for i in range(args.inputs):
-        if i % 3 == 2:
+        kind = i % KINDS
+        if kind == 4:
+            answer = ETH + SEEDS[1]
+            intercept.add(mutate(rng, answer) if rng.random() < 0.9 else rng.randbytes(rng.randrange(60)))
+        elif kind == 3:
+            data = bytes([wire.VERSION, wire.KIND_CONTROL]) + mutate_json(rng, JSON_SEEDS[i % 2])
+            try:
+                wire.decode_json(data, wire.KIND_CONTROL)
+                parsed += 1
+            except wire.WireError:
+                pass
+            except Exception:
+                print(f"JSON decoder raised on input {i}: {data[:200].hex()}... ({len(data)} bytes)")
+                raise
+        elif kind == 2:
             data = mutate(rng, pcap_file)
             try:
                 for _ in packets("fuzz.pcap", data):
@@ -73,7 +158,7 @@ def main() -> None:
             except Exception:
                 print(f"pcap reader raised on input {i}: {data.hex()}")
                 raise
-        elif i % 3 == 1:
+        elif kind == 1:
             data = mutate(rng, frames[0])
             try:
                 wire.decode_batch(data)
@@ -93,10 +178,14 @@ def main() -> None:
             except Exception:
                 print(f"packet parser raised on input {i}: {data.hex()}")
                 raise
+    intercept.flush()
+    parsed += intercept.ic.captured
     took = time.monotonic() - started
-    print(f"{args.inputs:,} inputs (a third each: packets, batch frames, pcap files), "
-          f"{parsed:,} parsed, the rest refused with the documented error; {args.inputs / took:,.0f} inputs/s, "
-          f"{took:.0f} s")
+    ic = intercept.ic
+    print(f"{args.inputs:,} inputs (a fifth each: packets, batch frames, pcap files, JSON frames, frames "
+          f"captured by interceptd), {parsed:,} parsed, the rest refused with the documented error or "
+          f"counted (interceptd: {ic.captured:,} captured, {ic.malformed:,} malformed, {ic.not_ip:,} not IP, "
+          f"{ic.unexpected} unexpected); {args.inputs / took:,.0f} inputs/s, {took:.0f} s")
 
 
 if __name__ == "__main__":

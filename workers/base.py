@@ -64,9 +64,14 @@ class Worker:
     # -- helpers --
     def socket(self, kind: int, *, bind: str | None = None, connect: str | None = None,
                hwm: int | None = None) -> zmq.Socket:
+        """A socket of this child's context, closed at exit. Its ZMQ_MAXMSGSIZE fits what it can
+        legitimately receive: segment batches on a PULL (a rewrite worker's queue), JSON frames
+        (settings) on anything else; the push and publish sockets receive nothing."""
         assert self.ctx is not None
         sock = self.ctx.socket(kind)
         sock.linger = 0
+        limit = wire.MAX_SEGMENT_MESSAGE if kind == zmq.PULL else wire.MAX_JSON_MESSAGE
+        sock.setsockopt(zmq.MAXMSGSIZE, limit)
         if hwm is not None:
             sock.sndhwm = hwm
             sock.rcvhwm = hwm

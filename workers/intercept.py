@@ -8,6 +8,10 @@ to which every rewrite worker of every tcpcopyd subscribes with its shard's topi
 split per shard (appliance/shardsplit.py), so a worker receives only its own clients' answers
 and no process on the online host relays them. Each batch carries this instance's random id and
 a sequence number per topic so subscribers count losses.
+
+Whatever the capture delivers, the pcap callback never raises (an exception would leave
+libpcap's dispatch and end interceptd): a frame that is not one whole IPv4/TCP header is counted
+(`not_ip`, `malformed`), and anything unforeseen is counted as `unexpected`, its traceback logged once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,24 @@ STATS_INTERVAL = 1.0
 PUB_HWM = 100_000
 
 
+def answer_header(ip: memoryview) -> memoryview | None:
+    """The IP and TCP headers (with options) of a captured answer, or None when the bytes are not
+    one whole IPv4/TCP header. What it returns always passes packet.parse_ipv4_tcp, which the
+    rewrite worker applies: version 4, IHL and data offset at least 5 words, TCP, no fragment,
+    both headers captured, the IP total length (0 from an offloading NIC) covering them."""
+    n = len(ip)
+    if n < 40 or ip[0] >> 4 != 4 or ip[9] != 6 or ((ip[6] << 8) | ip[7]) & 0x3FFF:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    if ihl < 20 or n < ihl + 20:
+        return None
+    end = ihl + (ip[ihl + 12] >> 4) * 4
+    total = (ip[2] << 8) | ip[3]
+    if end < ihl + 20 or n < end or (total and total < end):
+        return None
+    return ip[:end]
+
+
 class Intercept:
     def __init__(self, config: InterceptConfig) -> None:
         self.config = config
@@ -45,6 +67,7 @@ class Intercept:
         self.split = ShardSplitter(self.instance)
         self.not_ip = 0
         self.malformed = 0
+        self.unexpected = 0
         self.batches = 0
         self.kernel_drops = 0
         self.subscribers = 0
@@ -59,7 +82,8 @@ class Intercept:
         checker = getattr(self, "checker", None)
         split = self.split
         return {"captured": self.captured, "published": split.published, "not_ip": self.not_ip,
-                "malformed": self.malformed, "batches": self.batches, "kernel_drops": self.kernel_drops,
+                "malformed": self.malformed, "unexpected": self.unexpected, "batches": self.batches,
+                "kernel_drops": self.kernel_drops,
                 "no_subscriber": split.unsubscribed, "subscriptions_refused": split.refused_subscriptions,
                 "shard_counts": len(split.counts),
                 "subscribers": self.subscribers, "keys_accepted": checker.accepted if checker else 0,
@@ -93,23 +117,39 @@ class Intercept:
         return handle
 
     def _on_frame(self, ts_ns: int, frame: bytes, datalink: int) -> None:
-        offset = link_header_len(datalink, frame)
-        if offset < 0:
-            self.not_ip += 1
-            return
-        view = memoryview(frame)[offset:]
-        if len(view) < 40 or view[0] >> 4 != 4 or view[9] != 6:
-            self.malformed += 1
-            return
-        ihl = (view[0] & 0x0F) * 4
-        if len(view) < ihl + 20:
-            self.malformed += 1
-            return
-        doff = (view[ihl + 12] >> 4) * 4
-        self.captured += 1
-        header = view[:min(len(view), ihl + doff)]
-        client_ip, client_port = server_key_of(header)  # type: ignore[misc]  # checked above: IPv4/TCP
-        self.split.add(ts_ns, header, client_ip, client_port)
+        """libpcap's callback for every captured frame (live, or a file in the fuzz tests). Never raises."""
+        try:
+            offset = link_header_len(datalink, frame)
+            if offset < 0:
+                self.not_ip += 1
+                return
+            header = answer_header(memoryview(frame)[offset:])
+            key = None if header is None else server_key_of(header)
+            if header is None or key is None:
+                self.malformed += 1
+                return
+            self.captured += 1
+            self.split.add(ts_ns, header, key[0], key[1])
+        except Exception:
+            # Decision: a broad catch, because this is an entry point (called from libpcap's C loop),
+            # where an exception would stop interceptd: counted, and the first one logged in full.
+            self.unexpected += 1
+            if self.unexpected == 1:
+                log.exception("interceptd: a captured frame raised; counted as unexpected (logged once)")
+
+    def feed_file(self, path: str) -> int:
+        """Every frame of a capture file through the callback the live capture uses (`_on_frame`),
+        as libpcap delivers them; the number of frames. For the fuzz runs and tests."""
+        handle = pcap.pcap(name=path, timestamp_in_ns=True)
+        return handle.dispatch(-1, self._on_frame, handle.datalink())
+
+    def publisher(self, ctx: zmq.Context) -> zmq.Socket:
+        """The XPUB the answers go out on (not yet bound; CURVE, when configured, is set after)."""
+        pub = ctx.socket(zmq.XPUB)
+        pub.linger = 0
+        pub.sndhwm = PUB_HWM
+        pub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SUBSCRIBER_MESSAGE)   # it receives subscriptions only
+        return pub
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
@@ -117,9 +157,7 @@ class Intercept:
         c = self.config
         self.handles = [self._open(i) for i in c.interfaces]
         ctx = zmq.Context()
-        pub = ctx.socket(zmq.XPUB)
-        pub.linger = 0
-        pub.sndhwm = PUB_HWM
+        pub = self.publisher(ctx)
         checker = None
         if c.secret_key:
             checker = curve.KeyChecker(ctx, c.authorized_keys)

@@ -6,11 +6,17 @@ interceptd sends it only the answers to its own clients, and to interceptd's sta
 once-a-second report also tells that the subscription is in place. Checks each batch's header
 (kind, interceptd instance, batch number: lost batches are counted here). ZeroMQ reconnects by
 itself when an interceptd restarts.
+
+An interceptd's report is input from another host: it is decoded by wire.decode_json (bounded)
+and every field kept is checked for type and size (`intercept_report`); a bad field is dropped
+and counted (`intercept_fields_dropped`), so worker 0's heartbeat, which carries the reports to
+the status document, stays small and well formed whatever interceptd sends.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -23,6 +29,36 @@ log = logging.getLogger(__name__)
 
 SUB_HWM = 100_000            # batches; beyond it ZeroMQ drops, which shows as lost batches
 MAX_INTERCEPTS_SHOWN = 64    # restarted interceptds: keep the newest
+# bounds of an interceptd's report as kept (64 of them ride in worker 0's heartbeat: about 200 KiB at most)
+MAX_FILTER_CHARS = 1024
+MAX_COUNTERS_KEPT = 32       # interceptd reports 14
+MAX_COUNTER_VALUE = (1 << 63) - 1
+INSTANCE = re.compile(r"[0-9a-f]{1,16}")
+COUNTER_NAME = re.compile(r"[a-z0-9_]{1,48}")
+
+
+def intercept_report(obj: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None:
+    """(instance, {pid, filter, counters}, fields dropped) of a decoded interceptd report, each
+    field bounded in type and size (a bad one is None, or left out of `counters`); None when the
+    report names no instance or has no counters object (a bad frame)."""
+    instance, counters = obj.get("instance"), obj.get("counters")
+    if not isinstance(instance, str) or not INSTANCE.fullmatch(instance) or not isinstance(counters, dict):
+        return None
+    dropped = 0
+    pid = obj.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 1 << 31:
+        pid, dropped = None, dropped + 1
+    bpf = obj.get("filter")
+    if not isinstance(bpf, str) or len(bpf) > MAX_FILTER_CHARS:
+        bpf, dropped = None, dropped + 1
+    kept: dict[str, int] = {}
+    for name, value in counters.items():
+        if (len(kept) < MAX_COUNTERS_KEPT and COUNTER_NAME.fullmatch(name) and isinstance(value, int)
+                and not isinstance(value, bool) and 0 <= value <= MAX_COUNTER_VALUE):
+            kept[name] = value
+        else:
+            dropped += 1
+    return instance, {"pid": pid, "filter": bpf, "counters": kept}, dropped
 
 
 class ResponseChannel:
@@ -33,6 +69,7 @@ class ResponseChannel:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.linger = 0
         self.sock.rcvhwm = SUB_HWM
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_RESPONSE_MESSAGE)   # more: ZeroMQ drops the publisher
         if secret_key:
             curve.make_client(self.sock, secret_key, intercept_public_key)
         # shard topic first: a stats frame arriving proves this subscription reached the publisher
@@ -49,6 +86,7 @@ class ResponseChannel:
         self.count_restarts = count_restarts
         self.headers = 0
         self.bad_frames = 0
+        self.fields_dropped = 0
         self.batches_lost = 0
         self.intercept_restarts = 0
         self.handshakes = 0
@@ -111,22 +149,23 @@ class ResponseChannel:
 
     def _on_intercept_stats(self, frame: bytes) -> None:
         try:
-            obj = wire.decode_json(frame, wire.KIND_STATS)
+            report = intercept_report(wire.decode_json(frame, wire.KIND_STATS))
         except wire.WireError:
+            report = None
+        if report is None:
             self.bad_frames += 1
             return
-        instance = str(obj.get("instance", "?"))[:16]
-        counters = obj.get("counters")
-        if isinstance(counters, dict):
-            self.intercepts[instance] = {
-                "pid": obj.get("pid"), "filter": obj.get("filter"), "received": time.time(),
-                "counters": {k: v for k, v in counters.items() if isinstance(v, int)}}
-            while len(self.intercepts) > MAX_INTERCEPTS_SHOWN:
-                del self.intercepts[next(iter(self.intercepts))]
+        instance, kept, dropped = report
+        self.fields_dropped += dropped
+        self.intercepts.pop(instance, None)                  # re-inserted: the newest are last
+        self.intercepts[instance] = dict(kept, received=time.time())
+        while len(self.intercepts) > MAX_INTERCEPTS_SHOWN:
+            del self.intercepts[next(iter(self.intercepts))]
 
     def counters(self) -> dict[str, Any]:
         """The channel's counters, as the status document's `totals.responses` sums them."""
         return {"headers": self.headers, "bad_frames": self.bad_frames, "batches_lost": self.batches_lost,
+                "intercept_fields_dropped": self.fields_dropped,
                 "intercept_restarts": self.intercept_restarts, "intercept_handshakes": self.handshakes,
                 "intercept_handshake_failures": self.handshake_failures}
 

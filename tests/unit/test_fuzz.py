@@ -1,23 +1,31 @@
 """Property-based fuzzing of everything that reads bytes from outside: the packet parser, the
-wire decoder, the JSON frames. Whatever the input, only the documented error comes out.
-A long run (millions of inputs) is perf/fuzz.py."""
+wire decoder, the JSON frames, interceptd's capture path. Whatever the input, only the documented
+error (or a counted drop) comes out. A long run (millions of inputs) is perf/fuzz.py.
+
+Sections: packets and the engine; batch frames; JSON frames and control requests; interceptd's
+capture path."""
 
 from __future__ import annotations
+
+import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance import wire
-from appliance.control import decode_request
+from appliance.control import decode_request, handle_set
 from appliance.engine.table import SessionTable
 from appliance.packet import (
-    ACK, MalformedPacket, build_ipv4_tcp, client_key_of, link_header_len, parse_ipv4_tcp, parse_options,
+    ACK, DLT_EN10MB, DLT_LINUX_SLL, DLT_RAW, MalformedPacket, build_ipv4_tcp, client_key_of, link_header_len,
+    parse_ipv4_tcp, parse_options,
 )
+from tests.unit.interceptkit import ETH, answer, feed, interceptd, with_data_offset
 
 VALID = build_ipv4_tcp(0xC6120001, 0xC6120002, 40000, 8080, 1, 2, ACK, 512, b"\x01\x01\x08\x0a" + b"\x00" * 8, b"hi")
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+# ---- packets and the engine --------------------------------------------------------------------
 def _mutations() -> st.SearchStrategy[bytes]:
     flips = st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), max_size=8)
     return st.one_of(st.binary(max_size=200),
@@ -56,6 +64,7 @@ def test_engine_takes_any_parsed_segment(datas):
     table.take_output()
 
 
+# ---- batch frames --------------------------------------------------------------------------------
 def _batches() -> st.SearchStrategy[bytes]:
     b = wire.BatchBuilder(wire.KIND_RESPONSES, 1)
     b.add(1, VALID)
@@ -84,8 +93,75 @@ def test_wire_decoder_raises_only_wire_errors(frame):
     assert header.count == len(records)
 
 
+# ---- JSON frames and control requests ----------------------------------------------------------
 @FAST
 @given(st.binary(max_size=300))
 def test_control_requests_never_raise(frame):
     request, reply = decode_request(frame)
     assert (request is None) == bool(reply)
+
+
+def _json_texts() -> st.SearchStrategy[str]:
+    """JSON documents with numbers of any size (digit strings past Python's 4,300-digit int limit,
+    exponents past a float), NaN and infinities, deep nesting, and the same cut or spliced."""
+    digits = st.one_of(st.text("0123456789", min_size=1, max_size=30),
+                       st.integers(4000, 6000).map(lambda n: "7" * n))
+    digits = digits.map(lambda d: d.lstrip("0") or "0")
+    number = st.one_of(digits, digits.map(lambda d: "-" + d), digits.map(lambda d: d[:5] + "e" + d[:4]),
+                       st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-0", "0.5"]))
+    leaf = st.one_of(number, st.sampled_from(['"x"', "true", "null"]))
+    value = st.recursive(leaf, lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
+        st.lists(st.tuples(st.sampled_from(["id", "command", "args", "value", "pid"]), inner), max_size=4)
+        .map(lambda kv: "{" + ",".join(json.dumps(k) + ":" + v for k, v in kv) + "}")), max_leaves=60)
+    doc = value.map(lambda v: '{"id": "1", "command": "set", "args": {"name": "sample-rate", "value": ' + v
+                    + "}}")
+    return st.one_of(doc, st.tuples(doc, st.integers(0, 200)).map(lambda t: t[0][:t[1]]),
+                     st.integers(1, 2000).map(lambda n: '{"a":' + "[" * n + "]" * n + "}"))
+
+
+@FAST
+@given(_json_texts())
+def test_json_frames_decode_or_raise_only_wire_errors(text):
+    frame = bytes([wire.VERSION, wire.KIND_CONTROL]) + text.encode()
+    try:
+        obj = wire.decode_json(frame, wire.KIND_CONTROL)
+    except wire.WireError:
+        obj = None
+    request, reply = decode_request(frame)
+    assert (request is None) == bool(reply)
+    if obj is None:
+        assert request is None and reply["errno"] == "EPROTO"
+    if request is not None and request.command == "set":
+        assert handle_set(_NoSupervisor(), request)["status"] in ("ok", "error")
+
+
+class _NoSupervisor:
+    def set_runtime(self, **changes: object) -> dict:
+        return dict(changes)
+
+
+# ---- interceptd's capture path: frames through libpcap into the capture callback ------------------
+def _captured_frames() -> st.SearchStrategy[list[bytes]]:
+    base = ETH + answer(1)
+    flips = st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(0, 255)), max_size=6)
+    frame = st.one_of(st.binary(max_size=120),
+                      flips.map(lambda fs: bytes(_flip(base, fs))),
+                      st.integers(0, len(base)).map(lambda n: base[:n]),
+                      st.integers(0, 15).map(lambda w: ETH + with_data_offset(answer(2), w)))
+    return st.lists(frame, min_size=1, max_size=30)
+
+
+@FAST
+@given(_captured_frames(), st.sampled_from([DLT_EN10MB, DLT_RAW, DLT_LINUX_SLL]))
+def test_interceptd_capture_callback_counts_every_frame_and_publishes_only_parsable_headers(frames, linktype):
+    ic = interceptd(1, 2)
+    assert feed(ic, frames, linktype) == len(frames)
+    assert ic.unexpected == 0
+    assert ic.captured + ic.malformed + ic.not_ip == len(frames)
+    published = 0
+    for _topic, frame in ic.split.take():
+        for _ts, header in wire.decode_batch(frame)[1]:
+            parse_ipv4_tcp(header, keep_payload=False)
+            published += 1
+    assert published == 2 * ic.captured                # one batch per shard count in use
