@@ -218,8 +218,8 @@ class Supervisor:
             if now >= next_sample:
                 next_sample = now + SAMPLE_INTERVAL
                 self._sample(now)
-            if self.metrics and self.metrics.fileno() in events:
-                self.metrics.serve(lambda: child_rows(self, time.time()))
+            if self.metrics:             # every turn: ready connections, and deadlines of idle ones
+                self.metrics.serve(lambda: child_rows(self, time.time()), now)
             self._manage(now)
             if now >= next_summary:
                 next_summary = now + SUMMARY_INTERVAL
