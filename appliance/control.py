@@ -95,7 +95,7 @@ def child_rows(sup: Supervisor, now: float) -> list[dict]:
             "cpus": list(c.cpus), "restarts": c.life.restarts,
             "heartbeat_age": None if beat_age is None else round(beat_age, 3),
             "cpu_percent": c.view.cpu_percent, "rss_bytes": c.view.rss,
-            "counters": c.view.counters(), "info": c.view.extra,
+            "counters": c.view.counters(), "info": c.view.extra, "settings_seq": c.view.settings_seq,
         })
     return rows
 
@@ -170,7 +170,7 @@ def status_document(sup: Supervisor) -> dict:
         "supervisor": {"pid": os.getpid(), "uptime": round(now - sup.started, 3),
                        "state": "stopping" if sup.stopping else "running",
                        "bad_frames": dict(sup.bad_frames)},
-        "runtime": {k: v for k, v in sup.runtime.items() if k != "seq"},
+        "runtime": dict(sup.runtime),
         "config": {"transfers": sup.config.transfers, "intercepts": list(sup.config.intercepts),
                    "interfaces": list(sup.config.interfaces), "workers": sup.config.workers,
                    "filter": sup.config.bpf, "source": sup.config.source},

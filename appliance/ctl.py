@@ -195,6 +195,34 @@ def doctor(args: argparse.Namespace) -> int:
     return 0 if all(f.ok for f in findings) else EXIT_REFUSED
 
 
+RUNTIME_COMMANDS = ("pause", "resume", "set")
+
+
+def settings_applied(status: dict, seq: int) -> bool:
+    """Every running child has applied the runtime settings numbered `seq` (its heartbeat says so)."""
+    running = [ch for ch in status.get("children", []) if ch.get("state") == "running"]
+    return all(isinstance(ch.get("settings_seq"), int) and ch["settings_seq"] >= seq for ch in running)
+
+
+def _wait_applied(args: argparse.Namespace, runtime: dict) -> int:
+    """The runtime channel has no reply of its own: a change is in effect once every child's
+    heartbeat echoes its number. Prints the settings with `applied`; exit 1 when not confirmed in time."""
+    seq = runtime.get("seq", 0)
+    deadline = time.monotonic() + max(args.timeout, 5.0)
+    applied = False
+    while True:
+        reply = call(args.run_dir, "status", timeout=args.timeout)
+        applied = bool(reply and reply.get("status") == "ok" and settings_applied(reply["data"], seq))
+        if applied or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    print(json.dumps({**runtime, "applied": applied}))
+    if not applied:
+        print("not confirmed by every child in time (see tcpcopyctl status)", file=sys.stderr)
+        return EXIT_REFUSED
+    return LSB_RUNNING
+
+
 def keygen(args: argparse.Namespace) -> int:
     from appliance.curve import KeygenError, keygen as make_pair
     try:
@@ -235,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "status":
                 return _no_status(args, "unknown", error, LSB_UNKNOWN)
             return EXIT_REFUSED
+        if args.command in RUNTIME_COMMANDS:
+            return _wait_applied(args, reply["data"])
         if args.command != "status":
             print(json.dumps(reply["data"]))
             return LSB_RUNNING

@@ -49,12 +49,15 @@ class ChildView:
     extra: dict[str, Any] = field(default_factory=dict)     # non-counter data from the heartbeat
     sessions_lost: int = 0
     beat_at: float | None = None                           # monotonic time of the last heartbeat
+    settings_seq: int | None = None                        # the runtime settings it has applied
     cpu_percent: float | None = None
     rss: int | None = None
     _proc: psutil.Process | None = None
 
     def heartbeat(self, frame: dict[str, Any], now: float) -> None:
         self.beat_at = now
+        seq = frame.get("settings_seq")
+        self.settings_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
         counters = frame.get("counters", {})
         self.last = {k: v for k, v in counters.items() if not isinstance(v, (list, str))}
         self.extra = {k: v for k, v in counters.items() if isinstance(v, (list, str, dict))
@@ -66,6 +69,7 @@ class ChildView:
         add_counters(self.retired, {k: v for k, v in self.last.items() if k not in GAUGES})
         self.last = {}
         self.beat_at = None
+        self.settings_seq = None
         self._proc = None
 
     def counters(self) -> dict[str, Any]:

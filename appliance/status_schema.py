@@ -28,6 +28,7 @@ CHILD = {
     "rss_bytes": ("int|null", "resident memory (psutil)"),
     "counters": ("dict", "its counters, summed over all its incarnations"),
     "info": ("dict", "non-counter details (rewrite worker 0 lists the interceptds it hears here)"),
+    "settings_seq": ("int|null", "the runtime settings (runtime.seq) it has applied; null before its first"),
 }
 
 STATUS: dict[str, Any] = {
@@ -44,6 +45,7 @@ STATUS: dict[str, Any] = {
         "paused": ("bool", "true: no new sessions are started"),
         "sample_rate": ("float", "share of new sessions replayed, 0-1"),
         "log_level": ("str", "current log level"),
+        "seq": ("int", "counts the changes; a child has applied them once its settings_seq reaches it"),
     },
     "config": {
         "transfers": ("str", "the -x transfer specs"),

@@ -133,11 +133,12 @@ class Worker:
         if settings.get("seq") != self._settings_seq:
             self._settings_seq = settings.get("seq")
             self.apply_settings(settings)
+            self._next_stats = 0.0       # the heartbeat echoes the new seq at once: tcpcopyctl waits for it
 
     def publish_stats(self) -> None:
         frame = wire.encode_json(wire.KIND_STATS, {
             "role": self.role, "index": self.index, "pid": os.getpid(), "time": time.time(),
-            "started": self.started, "cpus": list(self.cpus),
+            "started": self.started, "cpus": list(self.cpus), "settings_seq": self._settings_seq,
             "counters": {**self.counters(), "loop_turns": self.loop_turns},
         })
         try:

@@ -5,7 +5,7 @@ for a captured mid-stream segment: a connection the online server never accepted
 is not replayed (issue 14: blind injection through the forged SYN).
 
 The lookup is the kernel's exact 4-tuple search (inet_diag without NLM_F_DUMP), ~10 us; a kernel
-without inet_diag (module absent, refused) falls back to reading /proc/net/tcp once per lookup.
+without inet_diag (module absent, refused) falls back to reading /proc/self/net/tcp once per lookup.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class SocketTable:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
             self._sock.settimeout(1.0)
         except OSError as exc:
-            log.warning("sock_diag unavailable (%s): connections are looked up in /proc/net/tcp", exc)
+            log.warning("sock_diag unavailable (%s): connections are looked up in /proc/self/net/tcp", exc)
 
     def holds(self, local_ip: int, local_port: int, remote_ip: int, remote_port: int) -> bool:
         """True when a TCP socket local_ip:local_port <-> remote_ip:remote_port exists here in a state
@@ -77,7 +77,7 @@ class SocketTable:
                 if seq == self._seq:
                     break                   # an answer to an earlier, timed-out request is skipped
         except OSError as exc:
-            log.warning("sock_diag lookup failed (%s): using /proc/net/tcp", exc)
+            log.warning("sock_diag lookup failed (%s): using /proc/self/net/tcp", exc)
             self._sock.close()
             self._sock = None
             return None
@@ -105,7 +105,7 @@ def _hex_endpoint(ip: int, port: int) -> str:
 
 
 def _in_proc_net_tcp(local_ip: int, local_port: int, remote_ip: int, remote_port: int,
-                     path: str = "/proc/net/tcp") -> bool:
+                     path: str = "/proc/self/net/tcp") -> bool:   # /proc/net is hidden by ProcSubset=pid
     local, remote = _hex_endpoint(local_ip, local_port), _hex_endpoint(remote_ip, remote_port)
     try:
         with open(path, encoding="ascii") as table:

@@ -124,3 +124,14 @@ def test_the_control_client_refuses_a_reply_larger_than_any_json_frame(tmp_path)
         answering.join(5)
         server.close(linger=0)
         ctx.term()
+
+
+def test_a_runtime_change_is_applied_once_every_running_child_echoes_its_number():
+    from appliance.ctl import settings_applied
+    doc = {"children": [{"state": "running", "settings_seq": 3}, {"state": "running", "settings_seq": 2},
+                        {"state": "backoff", "settings_seq": None}]}
+    assert not settings_applied(doc, 3)                 # one running child has not applied it yet
+    doc["children"][1]["settings_seq"] = 3
+    assert settings_applied(doc, 3)                     # a child in backoff gets it when it starts
+    doc["children"][0]["settings_seq"] = None           # a child that never said
+    assert not settings_applied(doc, 3)
