@@ -41,7 +41,8 @@ DROP_COUNTERS = ("client_no_session", "client_late", "capture_gaps", "buffer_ove
                  "handshake_timeouts", "handshake_refused", "port_reuse_resets", "responses_unmatched",
                  "bad_frames", "malformed", "no_transfer", "sessions_timed_out", "sessions_skipped_paused",
                  "sessions_skipped_sampled", "sessions_lost_in_restarts", "queue_drops", "kernel_drops",
-                 "batches_lost", "not_ip", "intercept_fields_dropped")
+                 "batches_lost", "not_ip", "intercept_fields_dropped", "oversized", "unknown_interface",
+                 "link_unsupported", "midstream_refused", "target_resets_ignored")
 MAX_SHOWN = 300            # characters of one string of the status document printed
 
 
