@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 
@@ -40,15 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _offline_number(flag: str, value: float, *, zero_ok: bool) -> float:
+    """argparse's float() takes nan, inf and negative numbers: each would stall or break the replay."""
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = "0 or more" if zero_ok else "greater than 0"
+        raise ConfigError(f"{flag} {value!r}: must be a finite number, {bound}")
+    return value
+
+
+def offline_options(args: argparse.Namespace) -> dict:
+    """The offline replay's fields of OnlineConfig, checked (ConfigError) even without --offline."""
+    speed = _offline_number("--speed", args.speed, zero_ok=False)
+    return {"offline": tuple(args.offline or ()), "speed": 0.0 if args.topspeed else speed,
+            "max_gap_ms": _offline_number("--max-gap", args.max_gap, zero_ok=True),
+            "offline_tail": _offline_number("--offline-tail", args.offline_tail, zero_ok=True)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = online_config(load(ONLINE, args.config, args), args.config or "command line")
+        offline = offline_options(args)
         if args.offline:
-            if args.speed <= 0 or args.max_gap < 0:
-                raise ConfigError(f"--speed {args.speed} / --max-gap {args.max_gap}: must be positive")
-            config = dataclasses.replace(config, offline=tuple(args.offline), speed=0.0 if args.topspeed else args.speed,
-                                         max_gap_ms=args.max_gap, offline_tail=args.offline_tail)
+            config = dataclasses.replace(config, **offline)
     except ConfigError as exc:
         print(f"tcpcopyd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

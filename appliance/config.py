@@ -11,7 +11,9 @@ import dataclasses
 import grp
 import json
 import os
+import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from appliance.engine.params import EngineParams
 from appliance.errors import ConfigError
 
 DEFAULT_RUN_DIR = "/run/tcpcopy-py"
+MAX_CONFIG_BYTES = 16 << 20          # the sample is 5 KB; a full 65536-address client_pool list ~1.2 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +117,38 @@ class InterceptConfig:
 Values = dict[str, Any]              # "section.key" -> value
 
 
+def _read_text(path: str) -> str:
+    """The file's text: a regular file (a FIFO would block a SIGHUP for ever), bounded, UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (OSError, ValueError) as exc:               # ValueError: a NUL in the path
+        raise ConfigError(f"{path!r}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB: not a configuration file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 (byte {data[exc.start]:#04x}); "
+                          "TOML files are UTF-8") from None
+
+
 def read_toml(path: str, table: tuple[Setting, ...]) -> Values:
     """The keys set in a TOML file; unknown sections or keys are errors naming the file."""
+    text = _read_text(path)
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        doc = tomllib.loads(text)
+    # ValueError besides TOMLDecodeError: an integer of over 4,300 digits; RecursionError: deep nesting
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {str(exc)[:200]}") from None
     known = {s.name for s in table}
     sections = {s.section for s in table}
     out: Values = {}
@@ -138,8 +164,10 @@ def read_toml(path: str, table: tuple[Setting, ...]) -> Values:
 
 
 def resolve(table: tuple[Setting, ...], from_file: Values, from_cli: Values, path: str | None) -> Values:
-    """Defaults, overridden by the file, overridden by the command line; every value validated."""
+    """Defaults, overridden by the file, overridden by the command line; every value validated,
+    then the checks that need other keys. Raises ConfigError only, whatever the values."""
     out: Values = {}
+    raws: dict[str, tuple[Any, str]] = {}
     for setting in table:
         if setting.name in from_cli:
             raw, origin = from_cli[setting.name], f"command line {setting.flags[0] if setting.flags else ''}"
@@ -150,11 +178,25 @@ def resolve(table: tuple[Setting, ...], from_file: Values, from_cli: Values, pat
         if raw is None:
             flag = f" ({setting.flags[0]})" if setting.flags else ""
             raise ConfigError(f"{setting.section}.{setting.key}{flag} is required: {setting.help}")
-        try:
-            out[setting.name] = setting.check(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{origin} {setting.key} = {raw!r}: {exc}") from None
+        raws[setting.name] = (raw, origin)
+        out[setting.name] = _checked(lambda: setting.check(raw), setting.key, raw, origin)
+    for setting in table:
+        cross = setting.cross_check
+        if cross is not None:
+            raw, origin = raws[setting.name]
+            _checked(lambda: cross(out[setting.name], out), setting.key, raw, origin)
     return out
+
+
+def _checked(call: Callable[[], Any], key: str, raw: Any, origin: str) -> Any:
+    """call()'s result; any refusal becomes a ConfigError naming the origin, the key and the value."""
+    try:
+        return call()
+    # Decision: a check is a small function over arbitrary TOML values; TypeError and OverflowError
+    # are refusals too (ValueError covers ConfigError and UnicodeError)
+    except (ValueError, TypeError, OverflowError) as exc:
+        shown = repr(raw) if len(repr(raw)) <= 200 else repr(raw)[:200] + "..."
+        raise ConfigError(f"{origin} {key} = {shown}: {exc}") from None
 
 
 def online_config(v: Values, source: str) -> OnlineConfig:
@@ -187,6 +229,40 @@ def _user(name: str) -> str:
     return name
 
 
+def access_as(user: str, path: str, mode: int) -> bool:
+    """os.access(path, mode) for the process `user` becomes (privileges.drop_to: its uid, its primary
+    group, no supplementary groups), so ACLs count too. Runs in the supervisor or interceptd at
+    start, single-threaded, before any child or socket exists; the effective ids are always restored.
+    Without a user, or when not root (drop_to does nothing then), the current process's view."""
+    if not user or os.geteuid() != 0:
+        return os.access(path, mode)
+    from appliance.privileges import lookup_user
+    entry = lookup_user(user)
+    groups, egid = os.getgroups(), os.getegid()
+    try:
+        os.setgroups([])
+        os.setegid(entry.pw_gid)
+        os.seteuid(entry.pw_uid)
+        return os.access(path, mode, effective_ids=True)
+    except OSError:
+        return True          # cannot take its ids here (a user namespace?): no verdict; drop_to will say
+    finally:
+        if os.geteuid() != 0:
+            os.seteuid(0)
+        if os.getegid() != egid:
+            os.setegid(egid)
+        if os.getgroups() != groups:
+            os.setgroups(groups)
+
+
+def _readable_by(user: str, path: str, what: str, mode: int = os.R_OK) -> None:
+    if not access_as(user, path, mode):
+        kind = "directory" if mode & os.X_OK else "file"
+        raise ConfigError(f"{what} = {path!r}: user {user!r} cannot read this {kind}, and the daemon "
+                          f"reads it after becoming that user (chgrp it to {user}'s group and chmod g+r"
+                          f"{'x' if mode & os.X_OK else ''})")
+
+
 def _control_group(name: str) -> str:
     """control_group must exist, and tcpcopyd must be able to give it the control socket: root can
     (it does so before any drop to `user`), a plain user (the units' User=tcpcopy) only a group it
@@ -207,17 +283,24 @@ def _control_group(name: str) -> str:
 
 
 def _curve_client(v: Values) -> dict[str, str]:
-    """The key files of tcpcopyd's side, checked now so a missing key stops the start."""
+    """The key files of tcpcopyd's side, checked now so a missing key stops the start. The rewrite
+    workers read them after the supervisor became `user`, so that user must be able to read them."""
     if v["security.insecure"]:
         return {"secret_key": "", "intercept_public_key": ""}
     from appliance.curve import load_public, load_secret
-    load_secret(v["security.secret_key"], "[security] secret_key")
-    load_public(v["security.intercept_public_key"], "[security] intercept_public_key")
-    return {"secret_key": v["security.secret_key"], "intercept_public_key": v["security.intercept_public_key"]}
+    secret, public = v["security.secret_key"], v["security.intercept_public_key"]
+    load_secret(secret, "[security] secret_key")
+    load_public(public, "[security] intercept_public_key")
+    _readable_by(v["tcpcopyd.user"], secret, "[security] secret_key")
+    _readable_by(v["tcpcopyd.user"], public, "[security] intercept_public_key")
+    return {"secret_key": secret, "intercept_public_key": public}
 
 
 def intercept_config(v: Values) -> InterceptConfig:
+    """interceptd reads its secret key as root, but the authorized keys again whenever an unknown key
+    knocks, after it became `user`: that user must be able to list and read the directory."""
     secret = authorized = ""
+    user = _user(v["interceptd.user"])
     if not v["security.insecure"]:
         from appliance.curve import load_secret
         secret, authorized = v["security.secret_key"], v["security.authorized_keys"]
@@ -225,11 +308,12 @@ def intercept_config(v: Values) -> InterceptConfig:
         if not os.path.isdir(authorized):
             raise ConfigError(f"[security] authorized_keys = {authorized!r}: no such directory of tcpcopyd "
                               "public keys (or set insecure = true for a lab)")
+        _readable_by(user, authorized, "[security] authorized_keys", os.R_OK | os.X_OK)
     return InterceptConfig(interfaces=v["interceptd.interfaces"], bpf=v["interceptd.filter"],
                            bind=v["interceptd.bind"], port=v["interceptd.port"],
                            buffer_bytes=v["interceptd.capture_buffer_mb"] << 20,
                            log_level=v["interceptd.log_level"], secret_key=secret, authorized_keys=authorized,
-                           user=_user(v["interceptd.user"]))
+                           user=user)
 
 
 SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ReaderSpec)}

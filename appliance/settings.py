@@ -8,12 +8,16 @@ conf/*.toml complete. Runs in the supervisor (tcpcopyd) or in interceptd, before
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 Check = Callable[[Any], Any]     # returns the normalised value or raises ValueError(reason)
+# (value, every resolved value) -> None or ValueError(reason): a check that needs other keys
+CrossCheck = Callable[[Any, dict[str, Any]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +29,7 @@ class Setting:
     help: str
     flags: tuple[str, ...] = ()
     live: bool = False           # SIGHUP / tcpcopyctl set can change it without a restart
+    cross_check: CrossCheck | None = None    # run once every key is resolved
 
     @property
     def name(self) -> str:
@@ -46,13 +51,26 @@ def auto_workers() -> int:
     return max(1, min(16, len(os.sched_getaffinity(0)) // 2))
 
 
+# Decision: numbers given as text (flags) are ASCII only. int() and float() also take other
+# scripts' digits ('８０８０', '٨٠٨٠'), and str.isdigit() passes '²', which int() then refuses.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_NUMBER_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _ascii_only(value: str) -> str:
+    for char in value:
+        if not char.isascii():
+            raise ValueError(f"{char!r} is not ASCII (addresses and ports are written with 0-9)")
+    return value
+
+
 def integer(lo: int, hi: int) -> Check:
     def check(value: Any) -> int:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value.strip())):
             raise ValueError("must be a whole number")
         try:
             number = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):      # OverflowError: inf
             raise ValueError("must be a whole number") from None
         if isinstance(value, float) and number != value:
             raise ValueError("must be a whole number")
@@ -65,12 +83,14 @@ def integer(lo: int, hi: int) -> Check:
 
 def number(lo: float, hi: float) -> Check:
     def check(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("must be a number")
+        if isinstance(value, bool) or (isinstance(value, str) and not _NUMBER_TEXT.fullmatch(value.strip())):
+            raise ValueError(f"must be a number, {lo:g}-{hi:g}")
         try:
             result = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("must be a number") from None
+        except (TypeError, ValueError, OverflowError):      # OverflowError: an integer past 1e308
+            raise ValueError(f"must be a number, {lo:g}-{hi:g}") from None
+        if not math.isfinite(result):
+            raise ValueError(f"must be a finite number, {lo:g}-{hi:g}")
         if not lo <= result <= hi:
             raise ValueError(f"must be {lo:g}-{hi:g}")
         return result
@@ -89,6 +109,14 @@ def boolean(value: Any) -> bool:
 def text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
+    return value
+
+
+def plain_text(value: Any) -> str:
+    """A string without NUL (a path, a user name, a filter): C would cut it at the NUL."""
+    value = text(value)
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
     return value
 
 
@@ -121,13 +149,16 @@ def listen_address(value: Any) -> str:
     if not value:
         return ""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not _INTEGER_TEXT.fullmatch(port) or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT with a port 1-65535, or empty to turn it off")
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address") from None
     return value
+
+
+MAX_POOL = 65536
 
 
 def client_pool(value: Any) -> tuple[str, ...]:
@@ -142,25 +173,116 @@ def client_pool(value: Any) -> tuple[str, ...]:
             net = ipaddress.IPv4Network(item, strict=False)
         except ValueError:
             raise ValueError(f"{item!r} is not an IPv4 address, network or a.b.c.x") from None
-        hosts = [str(h) for h in net.hosts()] if net.num_addresses > 1 else [str(net.network_address)]
-        out += hosts
-        if len(out) > 65536:
-            raise ValueError("more than 65536 addresses")
+        # counted before expanding: a /8 would be 16 million strings, a /0 exhausts memory
+        count = net.num_addresses - 2 if net.num_addresses > 2 else net.num_addresses
+        if len(out) + count > MAX_POOL:
+            raise ValueError(f"{item!r} makes the pool {len(out) + count} addresses: at most {MAX_POOL}")
+        out += [str(h) for h in net.hosts()] if net.num_addresses > 1 else [str(net.network_address)]
     return tuple(dict.fromkeys(out))
 
 
 def transfers(value: Any) -> str:
     from appliance.transfer import parse_transfers
-    specs = parse_transfers(text(value))
+    specs = parse_transfers(_ascii_only(text(value)))
+    if len(set(specs)) != len(specs):
+        twice = next(t for i, t in enumerate(specs) if t in specs[:i])
+        raise ValueError(f"transfer {str(twice)!r} is given twice (every session would be sent twice "
+                         "to the same target from the same client)")
     return ",".join(str(t) for t in specs)
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_DOTTED_DIGITS = re.compile(r"[0-9.]+")
+
+
+def host_name(host: str) -> str:
+    """An IPv4 address, or a host or interface name as ZeroMQ takes them in tcp:// endpoints.
+
+    Refused: IPv6 (the sockets do not turn ZeroMQ's ipv6 option on, so it would never connect),
+    a dotted quad that is no address ('10.0.0.999'), spaces, slashes, empty labels."""
+    if ":" in host or host.startswith("["):
+        raise ValueError(f"{host!r}: IPv6 is not supported here, give an IPv4 address or a name")
+    if _DOTTED_DIGITS.fullmatch(host):
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+    labels = host[:-1] if host.endswith(".") else host
+    if len(labels) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels.split(".")):
+        raise ValueError(f"{host!r} is not an IPv4 address or a host name")
+    return host
 
 
 def intercepts(value: Any) -> tuple[str, ...]:
     from appliance.wire import parse_intercept_address
     items = word_list(value)
+    seen: set[tuple[str, int]] = set()
     for item in items:
-        parse_intercept_address(item)
+        host, port = parse_intercept_address(_ascii_only(item))
+        address = (host_name(host).lower(), port)
+        if address in seen:
+            raise ValueError(f"interceptd {item!r} is given twice (every answer would arrive twice)")
+        seen.add(address)
     return items
+
+
+def bind_address(value: Any) -> str:
+    """'*' (every address), an IPv4 address, or an interface or host name for ZeroMQ's bind."""
+    value = _ascii_only(text(value))
+    return value if value == "*" else host_name(value)
+
+
+# BPF filters are compiled for the link type of each capture interface, without opening a device
+ARPHRD_LINK_TYPES = {1: "EN10MB", 772: "EN10MB", 65534: "RAW"}   # ether, loopback, none (tun, wireguard)
+ANY_LINK_TYPES = ("EN10MB", "LINUX_SLL", "RAW")
+
+
+def link_types(interface: str) -> tuple[str, ...]:
+    """libpcap link types (DLT_ names) a capture on `interface` can have: 'any' is Linux cooked,
+    a known interface its own; an unknown one (absent, or not yet made) any of the usual three."""
+    if interface == "any":
+        return ("LINUX_SLL",)
+    if "/" in interface or "\0" in interface or interface in (".", ".."):
+        return ANY_LINK_TYPES
+    try:
+        with open(f"/sys/class/net/{interface}/type") as f:
+            arphrd = int(f.read().strip())
+    except (OSError, ValueError):
+        return ANY_LINK_TYPES
+    known = ARPHRD_LINK_TYPES.get(arphrd)
+    return (known,) if known else ANY_LINK_TYPES
+
+
+def bpf_compiles(expression: str, link_type: str) -> bool:
+    """libpcap compiles it (pcap_open_dead + pcap_compile inside pypcap's `bpf`: no device, no root).
+    Host names in it are resolved, as the capture would."""
+    import pcap
+    try:
+        pcap.bpf(expression.encode(), getattr(pcap, f"DLT_{link_type}"))
+    except OSError:
+        return False
+    return True
+
+
+def bpf_filter(value: Any) -> str:
+    value = plain_text(value)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("is not valid UTF-8") from None
+    return value
+
+
+def compiles_on(interfaces_key: str) -> CrossCheck:
+    """A cross check: the filter compiles for every capture interface (an empty one is built later)."""
+    def check(value: str, values: dict[str, Any]) -> None:
+        for interface in values[interfaces_key]:
+            kinds = link_types(interface)
+            if value and not any(bpf_compiles(value, kind) for kind in kinds):
+                raise ValueError(f"libpcap cannot compile it for interface {interface!r} "
+                                 f"(link type {' or '.join(kinds)}): a syntax error, an unknown host name, "
+                                 "or a primitive this link type lacks")
+    return check
 
 
 _workers_range = integer(1, 64)
@@ -174,7 +296,8 @@ ONLINE: tuple[Setting, ...] = (
     Setting("tcpcopyd", "intercepts", None, intercepts,
             "interceptd addresses HOST[:PORT] (default port 36524) (required)", ("-s", "--intercept")),
     Setting("tcpcopyd", "interfaces", ("any",), word_list, "capture interfaces", ("-i", "--interface")),
-    Setting("tcpcopyd", "filter", "", text, "BPF capture filter; empty: built from transfer", ("-F", "--filter")),
+    Setting("tcpcopyd", "filter", "", bpf_filter, "BPF capture filter; empty: built from transfer",
+            ("-F", "--filter"), cross_check=compiles_on("tcpcopyd.interfaces")),
     Setting("tcpcopyd", "workers", "auto", worker_count, "rewrite-and-send workers (shards); auto: half the CPUs",
             ("-w", "--workers")),
     Setting("tcpcopyd", "capture_buffer_mb", 128, integer(8, 2048), "capture ring per interface, MiB",
@@ -194,14 +317,14 @@ ONLINE: tuple[Setting, ...] = (
             "send every session this many times, each copy from its own client (ip, port)", ("-n", "--copies")),
     Setting("tcpcopyd", "metrics_listen", "", listen_address,
             "Prometheus endpoint HOST:PORT; empty: off", ("--metrics-listen",)),
-    Setting("tcpcopyd", "user", "", text,
+    Setting("tcpcopyd", "user", "", plain_text,
             "after start, run as this user with only CAP_NET_RAW and CAP_NET_ADMIN; empty: stay root",
             ("--user",)),
     Setting("tcpcopyd", "control_group", "", text,
             "group allowed to use tcpcopyctl besides root; empty: root only", ("--control-group",)),
-    Setting("security", "secret_key", "/etc/tcpcopy/curve/tcpcopyd.key_secret", text,
+    Setting("security", "secret_key", "/etc/tcpcopy/curve/tcpcopyd.key_secret", plain_text,
             "this tcpcopyd's CURVE secret key (tcpcopyctl keygen)", ("--secret-key",)),
-    Setting("security", "intercept_public_key", "/etc/tcpcopy/curve/interceptd.key", text,
+    Setting("security", "intercept_public_key", "/etc/tcpcopy/curve/interceptd.key", plain_text,
             "interceptd's CURVE public key: answers from any other publisher are refused",
             ("--intercept-public-key",)),
     Setting("security", "insecure", False, boolean,
@@ -237,22 +360,23 @@ ONLINE: tuple[Setting, ...] = (
 )
 
 INTERCEPT: tuple[Setting, ...] = (
-    Setting("interceptd", "filter", None, text,
+    Setting("interceptd", "filter", None, bpf_filter,
             "BPF for the target's answers, e.g. 'tcp and src host T and src port 8080' (required)",
-            ("-F", "--filter")),
+            ("-F", "--filter"), cross_check=compiles_on("interceptd.interfaces")),
     Setting("interceptd", "interfaces", ("any",), word_list, "capture interfaces", ("-i", "--interface")),
-    Setting("interceptd", "bind", "0.0.0.0", text, "address to publish on", ("-b", "--bind")),
+    Setting("interceptd", "bind", "0.0.0.0", bind_address, "address to publish on: *, an IPv4 address or "
+            "an interface name", ("-b", "--bind")),
     Setting("interceptd", "port", 36524, integer(1, 65535), "port to publish on", ("-p", "--port")),
     Setting("interceptd", "capture_buffer_mb", 32, integer(4, 2048), "capture ring per interface, MiB",
             ("-B", "--buffer-mb")),
     Setting("interceptd", "log_level", "info", choice(*LOG_LEVELS), "log level",
             ("--log-level",)),
-    Setting("interceptd", "user", "", text,
+    Setting("interceptd", "user", "", plain_text,
             "after opening its captures, run as this user with only CAP_NET_RAW and CAP_NET_ADMIN",
             ("--user",)),
-    Setting("security", "secret_key", "/etc/tcpcopy/curve/interceptd.key_secret", text,
+    Setting("security", "secret_key", "/etc/tcpcopy/curve/interceptd.key_secret", plain_text,
             "interceptd's CURVE secret key (tcpcopyctl keygen)", ("--secret-key",)),
-    Setting("security", "authorized_keys", "/etc/tcpcopy/curve/authorized", text,
+    Setting("security", "authorized_keys", "/etc/tcpcopy/curve/authorized", plain_text,
             "directory of the tcpcopyd public keys allowed to subscribe; others are refused and counted",
             ("--authorized-keys",)),
     Setting("security", "insecure", False, boolean,

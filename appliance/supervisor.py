@@ -371,14 +371,17 @@ class Supervisor:
             pass
 
     def reload(self) -> None:
-        """SIGHUP: re-read the configuration file and apply what can change live."""
+        """SIGHUP: re-read the configuration file and apply what can change live.
+
+        A bad file (any value, not UTF-8, not TOML, gone) changes nothing: the appliance goes on with
+        the settings it has and says why. `load` raises ConfigError only, whatever the file holds."""
         if not self.config_path:
             log.info("SIGHUP: no configuration file to re-read")
             return
         try:
             values = load(ONLINE, self.config_path, self.cli_args)
         except ConfigError as exc:
-            log.error("SIGHUP: configuration not reloaded: %s", exc)
+            log.warning("SIGHUP: configuration not reloaded, running settings kept: %s", exc)
             return
         self.set_runtime(sample_rate=values["tcpcopyd.sample_percent"] / 100, log_level=values["tcpcopyd.log_level"])
 
