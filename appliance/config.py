@@ -54,6 +54,7 @@ class RewriteSpec:
     intercepts: tuple[str, ...] = ()
     secret_key: str = ""                 # empty: plaintext (insecure = true)
     intercept_public_key: str = ""
+    verify_midstream: bool = False       # live capture on the online host: see SessionTable.accepted_online
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class OnlineConfig:
     offline_tail: float = 30.0           # seconds to wait for sessions to finish after the files end
     secret_key: str = ""                 # empty: plaintext to interceptd (insecure = true)
     intercept_public_key: str = ""
+    verify_midstream: bool = True        # forge SYNs only for connections this host's socket table holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +220,7 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         graceful_timeout=v["supervisor.graceful_timeout"], startsecs=v["supervisor.startsecs"],
         startretries=v["supervisor.startretries"], source=source,
         control_group=_control_group(v["tcpcopyd.control_group"]),
-        user=_user(v["tcpcopyd.user"]),
+        user=_user(v["tcpcopyd.user"]), verify_midstream=v["tcpcopyd.midstream"] == "verify",
         **_curve_client(v))
 
 

@@ -315,6 +315,10 @@ ONLINE: tuple[Setting, ...] = (
             "cover it; empty: keep the clients' own", ("-c", "--client-pool")),
     Setting("tcpcopyd", "copies", 1, integer(1, 1000),
             "send every session this many times, each copy from its own client (ip, port)", ("-n", "--copies")),
+    Setting("tcpcopyd", "midstream", "verify", choice("verify", "trust"),
+            "a connection whose SYN was not captured is replayed (behind a forged SYN) only if this host's "
+            "socket table holds it (verify), or always (trust: capturing a mirror port, not the online host); "
+            "offline replay always trusts its files", ("--midstream",)),
     Setting("tcpcopyd", "metrics_listen", "", listen_address,
             "Prometheus endpoint HOST:PORT; empty: off", ("--metrics-listen",)),
     Setting("tcpcopyd", "user", "", plain_text,
@@ -332,7 +336,8 @@ ONLINE: tuple[Setting, ...] = (
     Setting("session", "mtu", 1500, integer(576, 65535), "largest packet sent to the target", ("-M", "--mtu")),
     Setting("session", "mss", 1460, integer(88, 65495), "MSS in SYNs forged for connections without a SYN",
             ("-D", "--mss")),
-    Setting("session", "handshake_timeout", 3.0, number(0.1, 60), "seconds for the target's SYN-ACK",
+    Setting("session", "handshake_timeout", 20.0, number(0.1, 300),
+            "seconds for the target's SYN-ACK (SYNs are retried, data held, meanwhile)",
             ("--handshake-timeout",)),
     Setting("session", "session_timeout", 120.0, number(1, 86400), "seconds of silence with data pending",
             ("-t", "--session-timeout")),

@@ -38,6 +38,7 @@ from appliance.settings import ONLINE
 
 log = logging.getLogger(__name__)
 
+LOOP_TICK = 0.2                 # seconds: the supervisor wakes at least this often
 SUMMARY_INTERVAL = 30.0
 READER_WAIT = 10.0       # offline: longest wait for an interceptd before replaying anyway
 SAMPLE_INTERVAL = 1.0
@@ -107,7 +108,8 @@ class Supervisor:
 
         for k in range(n):   # rewrite workers bind their queues, so they go first
             spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k], c.sample_rate, c.client_pool,
-                               c.copies, c.intercepts, c.secret_key, c.intercept_public_key)
+                               c.copies, c.intercepts, c.secret_key, c.intercept_public_key,
+                               verify_midstream=c.verify_midstream and not c.offline)
             self.children.append(child("rewrite", k, "workers.rewrite:main", spec, rews[k]))
         if c.offline:
             spec_o = ReaderSpec(c.run_dir, n, c.transfers, c.offline, c.speed, c.max_gap_ms, self.offline_packets,
@@ -203,7 +205,7 @@ class Supervisor:
             sentinels = [c.process.sentinel for c in self.children if c.alive]
             for fd in sentinels:
                 poller.register(fd, zmq.POLLIN)
-            events = dict(poller.poll(200))
+            events = dict(poller.poll(self._poll_timeout_ms(time.monotonic())))
             for fd in sentinels:
                 poller.unregister(fd)
             if self._wake_r.fileno() in events:
@@ -224,6 +226,13 @@ class Supervisor:
             if now >= next_summary:
                 next_summary = now + SUMMARY_INTERVAL
                 self._log_summary()
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        """At most LOOP_TICK, less when a child in backoff is due sooner: a crashed capture is
+        started again after its backoff, not after the next tick (its downtime is traffic lost)."""
+        due = [c.life.retry_at for c in self.children if c.life.state is ChildState.BACKOFF]
+        wait = min([LOOP_TICK, *(max(0.0, at - now) for at in due)])
+        return max(1, int(wait * 1000 + 0.999))
 
     def _spawn(self, child: Child, now: float) -> None:
         child.process = self._mp.Process(target=_child_entry, args=(child.entry, child.spec_json),

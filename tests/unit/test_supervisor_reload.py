@@ -110,3 +110,15 @@ def test_a_bad_file_keeps_the_running_settings_and_says_why(supervisor, caplog, 
     path.write_text(GOOD.replace("sample_percent = 100", "sample_percent = 50"))
     sup.reload()
     assert sup.runtime["sample_rate"] == 0.5
+
+
+def test_a_child_in_backoff_is_started_when_due_not_at_the_next_tick(supervisor):
+    """A crashed capture's downtime is traffic lost: the loop wakes for its retry, not 0.2 s later."""
+    from appliance.lifecycle import ChildState
+    from appliance.supervisor import LOOP_TICK
+    sup, _, _ = supervisor
+    assert sup._poll_timeout_ms(100.0) == int(LOOP_TICK * 1000)
+    child = sup.children[0]
+    child.life.state, child.life.retry_at = ChildState.BACKOFF, 100.03
+    assert sup._poll_timeout_ms(100.0) == 30
+    assert sup._poll_timeout_ms(100.5) == 1          # overdue: at once (never a 0 ms busy spin)
