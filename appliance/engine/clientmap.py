@@ -15,6 +15,8 @@ soon after its session ends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from appliance.flowkey import shard_of
 
 Tuple4 = tuple[int, int, int, int]        # client ip, client port, target ip, target port
@@ -34,6 +36,7 @@ class ClientMap:
         self._by_origin: dict[Origin, Tuple4] = {}
         self._origin_of: dict[Tuple4, Origin] = {}
         self._cursor = 0
+        self._spare_cursor = 0
         self.exhausted = 0                 # copies that found no free tuple (counted, not sent)
 
     def __len__(self) -> int:
@@ -56,6 +59,17 @@ class ClientMap:
                 continue
             out.append(got)
         return out
+
+    def spare(self, ip: int, tip: int, tport: int, taken: Callable[[Tuple4], bool]) -> Tuple4 | None:
+        """Another client tuple of `ip` for this shard (ports 1024-32767, round-robin so one is not
+        reused soon), for a connection whose own tuple is still busy on the target; None if none is free."""
+        span = HIGH_PORT - LOW_PORT + 1
+        for _ in range(span):
+            self._spare_cursor = (self._spare_cursor + 1) % span
+            key = (ip, LOW_PORT + self._spare_cursor, tip, tport)
+            if shard_of(ip, key[1], self.shards) == self.shard and key not in self._origin_of and not taken(key):
+                return key
+        return None
 
     def release(self, key: Tuple4) -> None:
         """The session on `key` is gone: its tuple may be given out again (later)."""

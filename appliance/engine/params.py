@@ -18,6 +18,10 @@ class EngineParams:
     rto_min: float = 0.1             # retransmission timeout of data to the target; doubles
     rto_max: float = 3.0
     response_quiet: float = 0.010    # a response is complete after this long without target data
+    # The client's FIN or RST goes to the target only once every byte before it is acknowledged and the
+    # target has been quiet this long (or closed itself): a RST would destroy requests still unread in
+    # the target's socket, a FIN make some servers drop pipelined ones. At most session_timeout late.
+    close_quiet: float = 0.2
     max_lag: float = 1.0             # a held request is sent anyway once this far behind its capture
     gap_timeout: float = 0.5         # a hole in the captured client stream this old is a capture gap
     session_timeout: float = 120.0   # nothing from either side while data is pending: reset
@@ -48,14 +52,17 @@ class EngineCounters:
     sessions_established: int = 0
     sessions_completed: int = 0      # both sides closed cleanly
     sessions_reset_by_client: int = 0
+    closes_forced: int = 0           # a client FIN/RST sent session_timeout after capture, bytes still unacked
     sessions_reset_by_target: int = 0
     target_resets_challenged: int = 0  # RST from the target's side not at rcv_nxt: a challenge ACK sent
     target_resets_ignored: int = 0   # ... outside the window (or not for our SYN): ignored (forged?)
     sessions_timed_out: int = 0
     handshake_timeouts: int = 0      # G8: no SYN-ACK reached us (route, assistant, filter?)
     handshake_refused: int = 0       # target answered the SYN with RST (nothing listening?)
-    port_reuse_resets: int = 0       # G4: new SYN on a client port whose session was still open
-    port_reuse_waits: int = 0        # ... whose session was closing: the new one waited for it
+    port_reuse_moves: int = 0        # G4: new SYN on a client port whose session was still open or closing
+                                     # on the target: replayed from a spare port (the old one finishes)
+    port_reuse_resets: int = 0       # ... and no spare port: the old session was reset
+    port_reuse_waits: int = 0        # ... and no spare port, the old one closing: the new one waited for it
     capture_gaps: int = 0            # G1: a hole in the captured client stream that never filled
     gap_bytes_skipped: int = 0
     buffer_overflows: int = 0

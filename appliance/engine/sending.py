@@ -46,17 +46,31 @@ class Sender(_Base):
         self.resp_at_release = self.resp_bytes
         return True
 
+    def _close_released(self, head: Chunk, now: float) -> bool:
+        """The client's FIN or RST (a bare chunk) may go: every byte before it is acknowledged, and
+        the target has answered all it will (it closed, or has been quiet for close_quiet); or it was
+        captured session_timeout ago (counted)."""
+        if self.inflight:
+            return False
+        if self.target_fin or now >= self.last_target + self.p.close_quiet:
+            return True
+        if now >= head.t + self.p.session_timeout:
+            self.c.closes_forced += 1
+            return True
+        return False
+
     def _send_ready(self, now: float) -> None:
         unsent = self.stream.unsent
         while unsent:
             head = unsent[0]
-            if head.turn and not self._turn_released(head, now):
-                return
-            if head.flags & RST:
-                if self.inflight:
-                    return                      # let the target take every byte first
-                self.c.sessions_reset_by_client += 1
-                self.reset(now)
+            if head.flags:
+                if not self._close_released(head, now):
+                    return
+                if head.flags & RST:
+                    self.c.sessions_reset_by_client += 1
+                    self.reset(now)
+                    return
+            elif head.turn and not self._turn_released(head, now):
                 return
             if head.data:
                 room = self.snd_wnd - seq_diff(self.snd_nxt, self.snd_una)

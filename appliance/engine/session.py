@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
@@ -25,6 +26,8 @@ from appliance.packet import (
 
 __all__ = ["INF", "Chunk", "Emit", "Key", "Session", "State"]
 
+Rekey = Callable[["Session"], None]   # the table moves a session to another client port (see _restart)
+
 # The receive window a RST is challenged in: what our forged window could mean at the largest scale
 # the client's SYN may have offered (65535 << 14); a RST outside it is ignored outright.
 RST_WINDOW = 65535 << 14
@@ -33,7 +36,7 @@ RST_WINDOW = 65535 << 14
 class Session(Sender):
     """State of one client connection and of its replica connection on the target."""
 
-    __slots__ = ("key", "p", "c", "out", "state", "created", "last_client", "last_target", "closed_at", "deadline",
+    __slots__ = ("key", "p", "c", "out", "rekey", "state", "created", "last_client", "last_target", "closed_at", "deadline",
                  "restarts", "ip_id", "stream", "client_isn", "snd_una", "snd_nxt", "inflight", "inflight_bytes",
                  "syn_options", "syn_window", "syn_sent_at", "syn_rto_at", "syn_interval", "rcv_nxt",
                  "resp_bytes", "resp_at_release", "last_resp_data", "snd_wnd", "snd_wl1", "snd_wl2",
@@ -41,11 +44,12 @@ class Session(Sender):
                  "persist_at", "dupacks", "fin_sent", "target_fin", "ack_pending", "held_since")
 
     def __init__(self, key: Key, params: EngineParams, counters: EngineCounters, out: list[Emit],
-                 now: float) -> None:
+                 now: float, rekey: Rekey | None = None) -> None:
         self.key = key
         self.p = params
         self.c = counters
         self.out = out
+        self.rekey = rekey
         self.state = State.SYN_SENT
         self.created = now
         self.last_client = now
@@ -158,7 +162,16 @@ class Session(Sender):
             if self.stream.online_base is None and seg.flags & ACK and seg.seq == self.stream.end:
                 self.stream.online_base = seg.ack    # the handshake's third segment
             return
-        chunk = Chunk(seg.seq, seg.payload, seg.ack, seg.flags & (FIN | RST), t_capture, ts_val_of(seg.options))
+        ts_val = ts_val_of(seg.options)
+        close = seg.flags & (FIN | RST)
+        if close and seg.payload:           # the bytes, then the close on its own: it waits for them
+            self._client_chunk(Chunk(seg.seq, seg.payload, seg.ack, 0, t_capture, ts_val), now)
+            self._client_chunk(Chunk((seg.seq + len(seg.payload)) & 0xFFFFFFFF, b"", seg.ack, close, t_capture,
+                                     ts_val), now)
+        else:
+            self._client_chunk(Chunk(seg.seq, seg.payload, seg.ack, close, t_capture, ts_val), now)
+
+    def _client_chunk(self, chunk: Chunk, now: float) -> None:
         if self.state is State.RESYNC:
             self._resync_candidate(chunk, now)
         else:
@@ -196,7 +209,8 @@ class Session(Sender):
         self._restart([chunk], now)
 
     def _restart(self, chunks: list[Chunk], now: float) -> None:
-        """A new target connection on the same 4-tuple, replaying `chunks` (the first starts a turn)."""
+        """A new target connection replaying `chunks` (the first starts a turn). It comes from another
+        client port (the table's `rekey`): the target may still hold, or refuse, the 4-tuple it reset."""
         if self.restarts >= self.p.max_restarts:
             self.c.resync_bytes_dropped += sum(len(ch.data) for ch in chunks)
             self._close(now)
@@ -204,6 +218,8 @@ class Session(Sender):
         self.restarts += 1
         self.c.restarts += 1
         self.c.sessions_fake_syn += 1
+        if self.rekey is not None:
+            self.rekey(self)
         first = chunks[0]
         self._new_connection(now)
         self.stream.last_need = self.stream.need_of(first)   # its answer was seen online already
@@ -300,6 +316,19 @@ class Session(Sender):
         self.c.target_resets_ignored += 1
         return False
 
+    def supersede(self, now: float) -> None:
+        """The client opened a new connection on this session's port: it is done with this one. What
+        was captured still goes to the target, then a close (the client's, or a FIN in its place)."""
+        if self.state is State.SYN_SENT or self.state is State.RESYNC:
+            self.reset(now)                 # the target holds nothing of the client's yet (or no more)
+            return
+        stream = self.stream
+        if not stream.client_closed:
+            base = stream.online_base if stream.online_base is not None else 0
+            stream.accept(Chunk(stream.end, b"", (base + stream.last_need) & 0xFFFFFFFF, FIN, now, None), now)
+        for chunk in stream.take_ooo():     # a hole the new connection can no longer fill
+            self.c.gap_bytes_skipped += len(chunk.data)
+
     def _on_target_reset(self, now: float) -> None:
         if self.state is State.SYN_SENT:
             self.c.handshake_refused += 1
@@ -384,7 +413,11 @@ class Session(Sender):
         stream = self.stream
         d = min(d, self.rto_at if self.inflight else INF, self.persist_at,
                 stream.gap_since + self.p.gap_timeout)
-        if stream.unsent and stream.unsent[0].turn:
+        if stream.unsent and stream.unsent[0].flags:
+            head = stream.unsent[0]
+            if not self.inflight:
+                d = min(d, self.last_target + self.p.close_quiet, head.t + self.p.session_timeout)
+        elif stream.unsent and stream.unsent[0].turn:
             head = stream.unsent[0]
             d = min(d, head.t + self.p.max_lag)
             if self.resp_bytes > self.resp_at_release:
@@ -409,12 +442,12 @@ class Session(Sender):
 
     @classmethod
     def revive(cls, key: Key, packed: bytes, params: EngineParams, counters: EngineCounters,
-               out: list[Emit]) -> Session:
+               out: list[Emit], rekey: Rekey | None = None) -> Session:
         """The session `hibernate` packed, as it was."""
         values = _PACKED.unpack(packed)
         sess = cls.__new__(cls)
         stream = ClientStream.__new__(ClientStream)
-        sess.key, sess.p, sess.c, sess.out, sess.stream = key, params, counters, out, stream
+        sess.key, sess.p, sess.c, sess.out, sess.stream, sess.rekey = key, params, counters, out, stream, rekey
         sess.inflight, sess.syn_options = NO_CHUNKS, b""
         stream.c, stream.unsent, stream.ooo = counters, NO_CHUNKS, NO_OOO
         at = 0
@@ -449,7 +482,7 @@ _STREAM_BOOLS = ("client_closed",)
 # Slots that are not numbers: restored from the table (key, params, counters, output list) or
 # empty by the precondition (queues, SYN options); `online_base` (int or None) and `state` are
 # packed by hand.
-NOT_PACKED = {"key", "p", "c", "out", "stream", "inflight", "syn_options", "state", "unsent", "ooo", "online_base"}
+NOT_PACKED = {"key", "p", "c", "out", "rekey", "stream", "inflight", "syn_options", "state", "unsent", "ooo", "online_base"}
 _PACKED = struct.Struct("=" + "d" * (len(_FLOATS) + len(_STREAM_FLOATS)) + "q" * (len(_INTS) + len(_STREAM_INTS) + 1)
                         + "?" * (len(_BOOLS) + len(_STREAM_BOOLS)) + "B")
 _DEADLINE = struct.Struct("=d")

@@ -45,6 +45,10 @@ class SessionTable:
         # SYN) when this says the online server accepted that connection: a spoofed segment is not.
         # Set by the live rewrite worker (the host's socket table); None trusts every capture (offline).
         self.accepted_online: Callable[[TcpSegment], bool] | None = None
+        # Client ports moved (port reuse, restarts): the tuple a connection arrives on -> its session's
+        # tuple, and back. Empty, the lookup costs one truth test per segment.
+        self._moved: dict[Key, Key] = {}
+        self._moved_from: dict[Key, Key] = {}
 
     # ---- events -----------------------------------------------------------------------------
     def client_segment(self, seg: TcpSegment, target_ip: int, target_port: int, now: float,
@@ -66,7 +70,12 @@ class SessionTable:
     def _client_copy(self, seg: TcpSegment, target_ip: int, target_port: int, now: float, t: float,
                      captured: TcpSegment) -> None:
         c = self.counters
-        key = (seg.src_ip, seg.src_port, target_ip, target_port)
+        key = arrival = (seg.src_ip, seg.src_port, target_ip, target_port)
+        if self._moved:
+            moved = self._moved.get(key)
+            if moved is not None:
+                key = moved
+                seg = seg.from_client(key[0], key[1])
         sess = self.get(key)
         waiting = self._waiting.get(key)
         if waiting is not None:
@@ -85,15 +94,24 @@ class SessionTable:
                 if sess.client_isn == seg.seq:
                     c.client_dup_syns += 1
                     return
-                if sess.stream.client_closed:
-                    # the client closed the old connection before opening this one; the replay of
-                    # that close may still wait for the target: let it finish first (bounded)
+                # G4: the client reused its port while the replay of the old connection is still open
+                # or closing on the target. The new one comes from another port; the old one delivers
+                # what it holds, then closes.
+                self._dirty[key] = sess
+                moved_to = self._port_reused(arrival, sess, now) if self._replays(arrival) else None
+                if moved_to is not None:
+                    key, seg, sess = moved_to, seg.from_client(moved_to[0], moved_to[1]), None
+                elif not self._replays(arrival):
+                    sess.supersede(now)       # the new connection is not replayed; the old one ends
+                elif sess.stream.client_closed:
+                    # no spare port: let the old close finish first (bounded)
                     c.port_reuse_waits += 1
                     self._waiting[key] = (now + self.params.reuse_wait, [(seg, t)])
                     return
-                c.port_reuse_resets += 1      # G4: the old session gives way to the new one
-                sess.reset(now)
-            if not self._admit(key, now):
+                else:
+                    c.port_reuse_resets += 1  # no spare port: the old session gives way to the new one
+                    sess.reset(now)
+            if not self._admit(key, now, arrival):
                 return
             sess = self._new(key, now)
             sess.start_with_syn(seg, now)
@@ -105,7 +123,7 @@ class SessionTable:
             if self.accepted_online is not None and not self.accepted_online(captured):
                 c.midstream_refused += 1      # not remembered: a spoofing flood must not grow memory
                 return
-            if not self._admit(key, now):
+            if not self._admit(key, now, arrival):
                 return
             sess = self._new(key, now)
             sess.start_without_syn(seg, now)
@@ -169,7 +187,7 @@ class SessionTable:
                 self._arm(sess, not_before=now + MIN_TIMER_STEP)
             else:
                 del self.sessions[key]
-                self.clients.release(key)
+                self._forget(key)
         self.flush(now)
         if self.params.hibernate_after:
             self._hibernate_some(now)
@@ -194,7 +212,7 @@ class SessionTable:
         """The session of `key`, revived if it was hibernated."""
         sess = self.sessions.get(key)
         if isinstance(sess, bytes):
-            sess = self.sessions[key] = Session.revive(key, sess, self.params, self.counters, self._out)
+            sess = self.sessions[key] = Session.revive(key, sess, self.params, self.counters, self._out, self._rekey)
         return sess
 
     def shutdown(self, now: float) -> None:
@@ -217,11 +235,16 @@ class SessionTable:
         return sum(s.buffered for s in self.sessions.values() if not isinstance(s, bytes))
 
     # ---- internals --------------------------------------------------------------------------
-    def _admit(self, key: Key, now: float) -> bool:
-        """Whether a new connection is replayed; one that is not is remembered and ignored."""
+    def _replays(self, arrival: Key) -> bool:
+        """Whether a new connection arriving on `arrival` would be replayed (no side effects)."""
+        return not self.paused and (self.sample_rate >= 1.0 or sample_point(arrival[0], arrival[1]) < self.sample_rate)
+
+    def _admit(self, key: Key, now: float, arrival: Key) -> bool:
+        """Whether a new connection is replayed (sampled by the tuple it arrived on); one that is not
+        is remembered under its session's `key` and ignored."""
         if self.paused:
             self.counters.sessions_skipped_paused += 1
-        elif self.sample_rate < 1.0 and sample_point(key[0], key[1]) >= self.sample_rate:
+        elif self.sample_rate < 1.0 and sample_point(arrival[0], arrival[1]) >= self.sample_rate:
             self.counters.sessions_skipped_sampled += 1
         else:
             self._skipped.pop(key, None)
@@ -241,9 +264,55 @@ class SessionTable:
         while len(self.sessions) >= self.params.max_sessions:
             self._evict_oldest(now)
         self.counters.sessions_started += 1
-        sess = Session(key, self.params, self.counters, self._out, now)
+        sess = Session(key, self.params, self.counters, self._out, now, self._rekey)
         self.sessions[key] = sess
         return sess
+
+    # ---- client ports moved: port reuse and restarts ---------------------------------------------
+    def _taken(self, key: Key) -> bool:
+        return key in self.sessions or key in self._moved_from or key in self._skipped or key in self._waiting
+
+    def _move(self, arrival: Key, to: Key) -> None:
+        """Segments arriving on `arrival` go to the session on `to` from now on."""
+        before = self._moved.get(arrival)
+        if before is not None:
+            self._moved_from.pop(before, None)
+        self._moved[arrival] = to
+        self._moved_from[to] = arrival
+
+    def _port_reused(self, arrival: Key, old: Session, now: float) -> Key | None:
+        """A spare tuple for a new connection on `arrival`, whose session `old` is still open or closing
+        on the target (`old` is superseded: it closes once its bytes are delivered); None if none is free."""
+        spare = self.clients.spare(arrival[0], arrival[2], arrival[3], self._taken)
+        if spare is None:
+            return None
+        old.supersede(now)
+        self.counters.port_reuse_moves += 1
+        self._move(arrival, spare)
+        return spare
+
+    def _rekey(self, sess: Session) -> None:
+        """Session.rekey: move a restarting session to a spare client tuple (the target may still hold
+        or refuse the one it reset); it stays where it is when none is free."""
+        old = sess.key
+        spare = self.clients.spare(old[0], old[2], old[3], self._taken)
+        if spare is None:
+            return
+        arrival = self._moved_from.get(old, old)
+        del self.sessions[old]
+        self.sessions[spare] = sess
+        sess.key = spare
+        sess.deadline = INF                  # the timer entry under the old key is stale: arm anew
+        self._move(arrival, spare)
+
+    def _forget(self, key: Key) -> None:
+        """The session on `key` is gone from the table: free its tuple and any move to it."""
+        self.clients.release(key)
+        arrival = self._moved_from.pop(key, None)
+        if arrival is not None:
+            if self._moved.get(arrival) == key:
+                del self._moved[arrival]
+            self.clients.release(arrival)
 
     def _evict_oldest(self, now: float) -> None:
         """Memory stays bounded: the oldest tracked session gives way (a SYN flood, say)."""
@@ -255,7 +324,7 @@ class SessionTable:
             self.counters.sessions_evicted += 1
             sess.reset(now)
         self._dirty.pop(key, None)
-        self.clients.release(key)
+        self._forget(key)
 
     def _arm(self, sess: Session, not_before: float = -INF) -> None:
         # A timer that fired must move forward in time, or a session whose deadline did not

@@ -199,8 +199,44 @@ def test_duplicate_syn_is_ignored():
     assert pb.session.state is State.ESTABLISHED
 
 
-def test_new_syn_on_open_port_resets_old_session_g4():
+def test_new_syn_on_an_open_port_comes_from_a_spare_port_and_the_old_session_finishes_g4():
+    """The client reused its port while the replay of the old connection still holds bytes for the
+    target: neither loses anything. The new connection is replayed from a spare port of the client's
+    (the same for its whole life); the old one delivers its bytes, then closes in the client's place."""
     pb = Playbook()
+    pb.establish()
+    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"hello"))
+    new_isn = 4_000_000
+    (syn,) = pb.cap(client(new_isn, 0, SYN, options=MSS1460))
+    assert (syn.flags, syn.seq) == (SYN, new_isn) and syn.src_port != CPORT
+    spare = syn.src_port
+    assert (pb.c.port_reuse_moves, pb.c.port_reuse_resets, pb.c.resets_sent, pb.c.sessions_started) == (1, 0, 0, 2)
+    # the new connection: its handshake and its data, captured on the client's own port
+    out = pb.resp(target(T_ISN + 5000, new_isn + 1, SYN | ACK, options=MSS1460, port=spare))
+    assert brief(out) == [(ACK, new_isn + 1, T_ISN + 5001, 0)]
+    out = pb.cap(client(new_isn + 1, O_ISN + 7, ACK | PSH, b"again"))
+    assert [(e.src_port, len(e.payload)) for e in out] == [(spare, 5)]
+    pb.resp(target(T_ISN + 5001, new_isn + 6, ACK, port=spare))
+    # the old one: its bytes acknowledged, the target quiet, then a FIN in the client's place
+    assert pb.resp(target(T_ISN + 1, C_ISN + 6, ACK)) == []
+    out = pb.advance(0.2)
+    assert [(e.src_port, e.flags, e.seq) for e in out] == [(CPORT, ACK | FIN, C_ISN + 6)]
+    assert pb.resp(target(T_ISN + 1, C_ISN + 7, ACK | FIN)) != []
+    assert pb.c.sessions_completed == 1 and pb.c.sessions_established == 2
+
+
+def test_new_syn_during_handshake_resets_the_old_one_with_a_plain_rst():
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    out = pb.cap(client(C_ISN + 50_000, 0, SYN))
+    assert [(e.src_port == CPORT, e.flags, e.seq) for e in out] == [(True, RST, C_ISN + 1),
+                                                                   (False, SYN, C_ISN + 50_000)]
+    assert pb.c.port_reuse_moves == 1
+
+
+def test_without_a_spare_port_a_new_syn_on_an_open_port_resets_the_old_session():
+    pb = Playbook()
+    pb.table.clients.spare = lambda *args: None                   # every spare tuple taken
     pb.establish()
     pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"hello"))
     new_isn = 4_000_000
@@ -209,19 +245,6 @@ def test_new_syn_on_open_port_resets_old_session_g4():
     assert brief(out) == [(RST | ACK, C_ISN + 6, T_ISN + 1, 0), (RST | ACK, C_ISN + 1, T_ISN + 1, 0),
                           (SYN, new_isn, 0, 0)]
     assert (pb.c.port_reuse_resets, pb.c.sessions_started, pb.c.resets_sent) == (1, 2, 1)
-    sess = pb.session
-    assert sess.state is State.SYN_SENT and sess.client_isn == new_isn
-    out = pb.resp(target(T_ISN + 5000, new_isn + 1, SYN | ACK, options=MSS1460))
-    assert brief(out) == [(ACK, new_isn + 1, T_ISN + 5001, 0)]
-    assert pb.c.sessions_established == 2
-
-
-def test_new_syn_during_handshake_resets_with_plain_rst():
-    pb = Playbook()
-    pb.cap(client(C_ISN, 0, SYN))
-    out = pb.cap(client(C_ISN + 50_000, 0, SYN))
-    assert brief(out) == [(RST, C_ISN + 1, 0, 0), (SYN, C_ISN + 50_000, 0, 0)]
-    assert pb.c.port_reuse_resets == 1
 
 
 def test_new_syn_after_close_starts_without_reset():
@@ -260,8 +283,9 @@ def test_third_ack_and_data_carry_timestamps_once_negotiated():
     assert (o.ts_val, o.ts_ecr) == (777, 5555)
 
 
-def test_new_syn_waits_for_a_closing_session_on_the_same_port():
+def test_without_a_spare_port_a_new_syn_waits_for_a_closing_session_on_the_same_port():
     pb = Playbook()
+    pb.table.clients.spare = lambda *args: None
     pb.establish()
     pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))
     # the client had the answer (100 bytes) and closed; the replay's FIN waits for the target's answer
@@ -270,14 +294,16 @@ def test_new_syn_waits_for_a_closing_session_on_the_same_port():
     assert pb.cap(client(new_isn, 0, SYN, options=b"\x02\x04\x05\xb4")) == []    # queued, old not reset
     assert pb.c.port_reuse_waits == 1 and pb.c.port_reuse_resets == 0
     out = pb.resp(target(T_ISN + 1, C_ISN + 6, ACK | PSH, payload_len=100))
-    assert brief(out) == [(ACK | FIN, C_ISN + 6, T_ISN + 101, 0)]
+    assert brief(out) == [(ACK, C_ISN + 6, T_ISN + 101, 0)]
+    assert brief(pb.advance(0.2)) == [(ACK | FIN, C_ISN + 6, T_ISN + 101, 0)]
     out = pb.resp(target(T_ISN + 101, C_ISN + 7, ACK | FIN))
     assert [e.flags for e in out] == [ACK, SYN] and out[1].seq == new_isn       # old done, new starts
     assert pb.c.sessions_completed == 1
 
 
-def test_a_closing_session_that_never_finishes_gives_way_after_reuse_wait():
+def test_without_a_spare_port_a_closing_session_that_never_finishes_gives_way_after_reuse_wait():
     pb = Playbook(reuse_wait=2.0)
+    pb.table.clients.spare = lambda *args: None
     pb.establish()
     pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))
     pb.cap(client(C_ISN + 6, O_ISN + 101, ACK | FIN))

@@ -19,6 +19,8 @@ def test_full_session_request_response_close():
     out = pb.cap(client(C_ISN + 38, O_ISN + 201, ACK | FIN))
     assert out == []
     out = pb.resp(target(T_ISN + 101, C_ISN + 38, ACK | PSH, payload_len=100))
+    assert [(e.flags, e.seq, e.ack) for e in out] == [(ACK, C_ISN + 38, T_ISN + 201)]
+    out = pb.advance(0.2)            # the FIN once the target has been quiet for close_quiet
     assert [(e.flags, e.seq, e.ack) for e in out] == [(ACK | FIN, C_ISN + 38, T_ISN + 201)]
     out = pb.resp(target(T_ISN + 201, C_ISN + 39, ACK | FIN))
     assert [(e.flags, e.ack) for e in out] == [(ACK, T_ISN + 202)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from appliance.engine.session import INF, State
 from appliance.packet import ACK, FIN, PSH, RST, SYN, mss_option
-from tests.unit.enginekit import C_ISN, O_ISN, T_ISN, Playbook, brief, client, target
+from tests.unit.enginekit import C_ISN, CPORT, O_ISN, T_ISN, Playbook, brief, client, target
 
 S1 = C_ISN + 1
 MSS1460 = b"\x02\x04\x05\xb4"
@@ -118,13 +118,15 @@ def test_capture_gap_resyncs_and_restarts_at_next_turn():
     assert brief(out) == [(SYN, s2 - 1, 0, 0)]
     assert out[0].options == mss_option(1460)
     assert (pb.c.restarts, pb.c.sessions_fake_syn, pb.c.sessions_started) == (1, 1, 1)
+    port = out[0].src_port                    # a new connection from a spare port of the client's
+    assert port != CPORT and pb.session.key[1] == port
     t2 = 77_000_000
-    out = pb.resp(target(t2, s2, SYN | ACK, options=MSS1460))
+    out = pb.resp(target(t2, s2, SYN | ACK, options=MSS1460, port=port))
     # not held for an answer the new connection can never get
     assert brief(out) == [(ACK, s2, t2 + 1, 0), (ACK | PSH, s2, t2 + 1, 13)]
-    # and from here pacing works on the new connection
+    # and from here pacing works on the new connection, fed by what arrives on the client's port
     assert pb.cap(client(s2 + 13, O_ISN + 601, ACK | PSH, b"x")) == []
-    out = pb.resp(target(t2 + 1, s2 + 13, ACK, 100))
+    out = pb.resp(target(t2 + 1, s2 + 13, ACK, 100, port=port))
     assert brief(out) == [(ACK | PSH, s2 + 13, t2 + 101, 1)]
 
 
@@ -147,8 +149,9 @@ def test_session_gives_up_after_max_restarts():
     pb.cap(client(s + 20, O_ISN + 1, ACK | PSH, b"C" * 10))       # gap 1
     pb.to_deadline()
     pb.cap(client(s + 30, O_ISN + 101, ACK | PSH, b"D" * 10))     # restart 1
-    pb.resp(target(T_ISN, s + 30, SYN | ACK))
-    pb.resp(target(T_ISN + 1, s + 40, ACK))
+    port = pb.session.key[1]
+    pb.resp(target(T_ISN, s + 30, SYN | ACK, port=port))
+    pb.resp(target(T_ISN + 1, s + 40, ACK, port=port))
     pb.cap(client(s + 50, O_ISN + 101, ACK | PSH, b"F" * 10))     # gap 2
     out = pb.to_deadline()
     assert [e.flags for e in out] == [RST | ACK]
@@ -231,7 +234,9 @@ def test_wrap_with_out_of_order_and_fin():
     s = isn + 1
     pb.cap(client(s + 30, O_ISN + 1, ACK | PSH | FIN, b"C" * 10))     # ooo, after the wrap
     out = pb.cap(client(s, O_ISN + 1, ACK | PSH, b"A" * 30))
-    assert [(e.seq, len(e.payload), e.flags & FIN) for e in out] == [(s, 30, 0), (15, 10, FIN)]
+    assert [(e.seq, len(e.payload), e.flags & FIN) for e in out] == [(s, 30, 0), (15, 10, 0)]
+    pb.resp(target(T_ISN + 1, 25, ACK))
+    assert [(e.seq, e.flags & FIN) for e in pb.advance(0.2)] == [(25, FIN)]
     pb.resp(target(T_ISN + 1, 26, ACK | FIN))
     assert pb.c.sessions_completed == 1
 

@@ -22,9 +22,14 @@ def answered(**params: object) -> Playbook:
 
 
 # ---- clean close ----------------------------------------------------------------------------
+CLOSE_QUIET = 0.2      # EngineParams.close_quiet
+
+
 def test_client_fin_after_target_answered_completes():
     pb = answered()
-    out = pb.cap(client(S2, O_ISN + 101, ACK | FIN))
+    assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []     # the target may still be answering
+    assert pb.advance(CLOSE_QUIET - 0.01) == []
+    out = pb.advance(0.01)                                       # ... it has been quiet long enough
     assert brief(out) == [(ACK | FIN, S2, T_ISN + 101, 0)]
     assert pb.session.state is State.ESTABLISHED
     out = pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN))
@@ -39,12 +44,14 @@ def test_client_fin_waits_for_the_answer_it_followed():
     pb.cap(client(S1, O_ISN + 1, ACK | PSH, REQ))
     assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []
     out = pb.resp(target(T_ISN + 1, S2, ACK | PSH, 100))
-    assert brief(out) == [(ACK | FIN, S2, T_ISN + 101, 0)]
+    assert brief(out) == [(ACK, S2, T_ISN + 101, 0)]
+    assert brief(pb.advance(CLOSE_QUIET)) == [(ACK | FIN, S2, T_ISN + 101, 0)]
 
 
 def test_fin_split_ack_then_fin_completes():
     pb = answered()
     pb.cap(client(S2, O_ISN + 101, ACK | FIN))
+    pb.advance(CLOSE_QUIET)
     assert pb.resp(target(T_ISN + 101, S2 + 1, ACK)) == []       # FIN acked, target not closed yet
     assert pb.session.state is State.ESTABLISHED
     out = pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN))
@@ -54,7 +61,8 @@ def test_fin_split_ack_then_fin_completes():
 
 def test_retransmitted_client_fin_is_not_sent_twice():
     pb = answered()
-    (fin,) = pb.cap(client(S2, O_ISN + 101, ACK | FIN))
+    pb.cap(client(S2, O_ISN + 101, ACK | FIN))
+    (fin,) = pb.advance(CLOSE_QUIET)
     assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []         # the client's FIN retransmission
     assert pb.c.client_retransmits == 1
     assert pb.session.stream.end == S2 + 1
@@ -68,11 +76,12 @@ def test_retransmitted_data_with_fin_is_dropped_but_new_fin_on_old_data_is_kept(
     pb.establish()
     pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))
     # the client retransmits its last 10 bytes, now with the FIN piggybacked: the FIN is new
-    out = pb.cap(client(S1, O_ISN + 1, ACK | PSH | FIN, b"x" * 10))
-    assert brief(out) == [(ACK | FIN, S1 + 10, T_ISN + 1, 0)]
+    assert pb.cap(client(S1, O_ISN + 1, ACK | PSH | FIN, b"x" * 10)) == []   # the FIN waits for the bytes
     # and that segment again: nothing new at all
     assert pb.cap(client(S1, O_ISN + 1, ACK | PSH | FIN, b"x" * 10)) == []
-    assert pb.c.client_retransmits == 2     # both carried bytes the stream already had
+    assert pb.c.client_retransmits == 3     # the bytes twice, the FIN once: the stream had them
+    assert pb.resp(target(T_ISN + 1, S1 + 10, ACK)) == []
+    assert brief(pb.advance(CLOSE_QUIET)) == [(ACK | FIN, S1 + 10, T_ISN + 1, 0)]
     out = pb.resp(target(T_ISN + 1, S1 + 11, ACK | FIN))
     assert brief(out) == [(ACK, S1 + 11, T_ISN + 2, 0)]
     assert pb.c.sessions_completed == 1
@@ -102,15 +111,17 @@ def test_client_rst_is_sent_only_after_all_data_is_acked():
     assert pb.session.state is State.ESTABLISHED
     out = pb.resp(target(T_ISN + 1, S1 + 50, ACK))
     assert out == []
-    out = pb.resp(target(T_ISN + 1, S1 + 100, ACK))
+    assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []        # acked, maybe still unread
+    out = pb.advance(CLOSE_QUIET)
     assert brief(out) == [(RST | ACK, S1 + 100, T_ISN + 1, 0)]
     assert (pb.c.sessions_reset_by_client, pb.c.resets_sent) == (1, 1)
     assert pb.session.state is State.CLOSED
 
 
-def test_client_rst_with_nothing_in_flight_goes_at_once():
+def test_client_rst_goes_at_once_when_nothing_is_in_flight_and_the_target_is_quiet():
     pb = answered()
     pb.resp(target(T_ISN + 101, S2, ACK))
+    pb.advance(1.0)
     out = pb.cap(client(S2, O_ISN + 101, RST | ACK))
     assert brief(out) == [(RST | ACK, S2, T_ISN + 101, 0)]
     assert pb.c.sessions_reset_by_client == 1
@@ -126,8 +137,10 @@ def test_target_rst_with_pending_turn_restarts_the_session():
     assert out[0].options == mss_option(1460)
     assert (pb.c.sessions_reset_by_target, pb.c.restarts, pb.c.sessions_fake_syn) == (1, 1, 1)
     assert pb.c.resets_sent == 0                                   # the target's socket is gone already
+    port = out[0].src_port          # not the 4-tuple the target just reset: it may refuse it a while
+    assert port != CPORT
     t2 = 31_000_000
-    out = pb.resp(target(t2, S2, SYN | ACK, options=MSS1460))
+    out = pb.resp(target(t2, S2, SYN | ACK, options=MSS1460, port=port))
     assert brief(out) == [(ACK, S2, t2 + 1, 0), (ACK | PSH, S2, t2 + 1, 10)]
     assert pb.session.state is State.ESTABLISHED
 
@@ -206,6 +219,7 @@ def test_pending_data_without_progress_times_out_at_session_timeout():
 def test_closed_session_absorbs_late_packets_then_is_forgotten():
     pb = answered(linger=4.0)
     pb.cap(client(S2, O_ISN + 101, ACK | FIN))
+    pb.advance(CLOSE_QUIET)
     pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN))
     closed = pb.now
     assert pb.table.next_deadline() == closed + 4.0
@@ -256,10 +270,10 @@ def test_request_after_target_closed_is_replayed_on_a_new_connection():
     out = pb.cap(client(S2, O_ISN + 101, ACK | PSH, b"GET /2"))   # the online server kept the connection
     assert brief(out) == [(ACK | PSH, S2, T_ISN + 102, 6)]
     out = pb.resp(target(T_ISN + 102, 0, RST))        # the target's socket is gone: it resets
-    assert brief(out) == [(SYN, S2 - 1, 0, 0)]
+    assert brief(out) == [(SYN, S2 - 1, 0, 0)] and out[0].src_port != CPORT
     assert pb.c.restarts == 1 and pb.c.sessions_reset_by_target == 1
     new_isn = 77_000
-    out = pb.resp(target(new_isn, S2, SYN | ACK, options=b"\x02\x04\x05\xb4"))
+    out = pb.resp(target(new_isn, S2, SYN | ACK, options=b"\x02\x04\x05\xb4", port=out[0].src_port))
     assert brief(out) == [(ACK, S2, new_isn + 1, 0), (ACK | PSH, S2, new_isn + 1, 6)]
 
 

@@ -127,12 +127,16 @@ def test_oversized_capture_is_split_into_mss_segments():
     assert pb.c.bytes_acked == 5000 and pb.session.buffered == 0
 
 
-def test_split_keeps_fin_on_the_last_part_only():
+def test_split_then_the_fin_alone_once_every_byte_is_acknowledged():
     pb = Playbook()
     handshake(pb)
     out = pb.cap(client(S1, O_ISN + 1, ACK | PSH | FIN, b"f" * 3000))
-    assert [(e.flags, len(e.payload)) for e in out] == [(ACK | PSH, 1460), (ACK | PSH, 1460),
-                                                         (ACK | PSH | FIN, 80)]
+    assert [(e.flags, len(e.payload)) for e in out] == [(ACK | PSH, 1460), (ACK | PSH, 1460), (ACK | PSH, 80)]
+    assert not pb.session.fin_sent
+    assert pb.resp(target(T_ISN + 1, S1 + 2920, ACK)) == []
+    assert [len(e.payload) for e in pb.advance(1.0)] == [80]     # retransmitted; the FIN still waits
+    assert pb.resp(target(T_ISN + 1, S1 + 3000, ACK)) == []
+    assert [(e.flags, e.seq) for e in pb.advance(0.2)] == [(ACK | FIN, S1 + 3000)]
     assert pb.session.fin_sent
 
 
