@@ -319,10 +319,10 @@ class Session(Sender):
     def supersede(self, now: float) -> None:
         """The client opened a new connection on this session's port: it is done with this one. What
         was captured still goes to the target, then a close (the client's, or a FIN in its place)."""
-        if self.state is State.SYN_SENT or self.state is State.RESYNC:
-            self.reset(now)                 # the target holds nothing of the client's yet (or no more)
+        if self.state is State.RESYNC:
+            self._close(now)                # already reset on the target, waiting for a turn: none comes
             return
-        stream = self.stream
+        stream = self.stream                # SYN_SENT too: the online server accepted the connection
         if not stream.client_closed:
             base = stream.online_base if stream.online_base is not None else 0
             stream.accept(Chunk(stream.end, b"", (base + stream.last_need) & 0xFFFFFFFF, FIN, now, None), now)
