@@ -74,6 +74,7 @@ class EngineCounters:
     sessions_skipped_sampled: int = 0  # not replayed: outside the sample rate
     client_skipped: int = 0          # captured segments of connections not replayed (by choice)
     segments_sent: int = 0
+    chunks_coalesced: int = 0        # captured segments sent inside an earlier one's segment (pipelined)
     bytes_sent: int = 0              # client payload bytes sent to the target (first sends only)
     retransmits: int = 0             # to the target, on timeout
     syn_retransmits: int = 0         # SYNs sent again: no SYN-ACK yet (target down, slow or unreachable)

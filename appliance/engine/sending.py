@@ -79,11 +79,40 @@ class Sender(_Base):
                         self.c.window_stalls += 1
                         self.persist_at = now + self.rto
                     return
-                chunk = self.stream.pop_front(min(self.payload_max, room))
+                size = min(self.payload_max, room)
+                chunk = self.stream.pop_front(size)
+                if len(chunk.data) < size and len(self.stream.unsent) > 0:
+                    chunk = self._coalesce(chunk, size, now)
                 self.c.bytes_sent += len(chunk.data)
             else:
                 chunk = self.stream.pop_front(0)    # a bare FIN
             self._send_chunk(chunk, now)
+
+    def _coalesce(self, chunk: Chunk, size: int, now: float) -> Chunk:
+        """`chunk` and what may follow it at once, in one segment of up to `size` bytes, as the client's
+        own kernel would send pipelined requests: a train of tiny segments (requests that fell behind
+        and are released together) costs a packet each here and can overrun the target's receive
+        memory (pruned, dropped, retransmitted). A chunk that starts a turn joins only a segment that
+        starts one too, so a restart still finds its place (see _on_target_reset)."""
+        stream = self.stream
+        parts = [chunk.data]
+        total = len(chunk.data)
+        ts_val = chunk.ts_val
+        while stream.unsent and total < size:
+            nxt = stream.unsent[0]
+            if nxt.flags or not nxt.data or (nxt.boundary and not chunk.boundary):
+                break
+            if nxt.turn and not self._turn_released(nxt, now):
+                break
+            part = stream.pop_front(size - total)
+            parts.append(part.data)
+            total += len(part.data)
+            if part.ts_val is not None:
+                ts_val = part.ts_val
+        if len(parts) == 1:
+            return chunk
+        self.c.chunks_coalesced += len(parts) - 1
+        return Chunk(chunk.seq, b"".join(parts), chunk.ack, 0, chunk.t, ts_val, boundary=chunk.boundary)
 
     def _send_chunk(self, chunk: Chunk, now: float) -> None:
         self._emit(chunk.seq, self.rcv_nxt, ACK | (PSH if chunk.data else 0) | (chunk.flags & FIN),

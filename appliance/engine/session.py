@@ -41,7 +41,8 @@ class Session(Sender):
                  "syn_options", "syn_window", "syn_sent_at", "syn_rto_at", "syn_interval", "rcv_nxt",
                  "resp_bytes", "resp_at_release", "last_resp_data", "snd_wnd", "snd_wl1", "snd_wl2",
                  "target_wscale", "ts_ok", "ts_recent", "last_ts_val", "payload_max", "rto", "rto_at",
-                 "persist_at", "dupacks", "fin_sent", "target_fin", "ack_pending", "held_since")
+                 "persist_at", "dupacks", "recover", "recovering", "fin_sent", "target_fin", "ack_pending",
+                 "held_since")
 
     def __init__(self, key: Key, params: EngineParams, counters: EngineCounters, out: list[Emit],
                  now: float, rekey: Rekey | None = None) -> None:
@@ -95,6 +96,8 @@ class Session(Sender):
         self.rto_at = INF
         self.persist_at = INF
         self.dupacks = 0
+        self.recover = 0                 # snd_nxt when a loss was found: acks below it are partial
+        self.recovering = False
         self.fin_sent = False
         self.target_fin = False
         self.ack_pending = False
@@ -286,11 +289,18 @@ class Session(Sender):
             if not self.inflight:
                 self.inflight = NO_CHUNKS
             self.rto_at = now + self.rto if self.inflight else INF
+            if self.recovering:
+                if self.inflight and seq_lt(ack, self.recover):
+                    # RFC 6582 (NewReno): a partial ack shows the next hole; fill it now, not an RTO later
+                    self.c.retransmits += 1
+                    self._retransmit_head()
+                else:
+                    self.recovering = False
         elif ack == self.snd_una and self.inflight and not hdr.payload_len and wnd == self.snd_wnd:
             self.dupacks += 1
-            if self.dupacks == 3:
+            if self.dupacks == 3 and not self.recovering:
                 self.c.fast_retransmits += 1
-                self._retransmit_head()
+                self._enter_recovery()
         # RFC 793 SND.WL1/WL2: a reordered older segment must not shrink the window back
         if seq_lt(self.snd_wl1, hdr.seq) or (self.snd_wl1 == hdr.seq and seq_le(self.snd_wl2, ack)):
             self.snd_wnd = wnd
@@ -328,6 +338,13 @@ class Session(Sender):
             stream.accept(Chunk(stream.end, b"", (base + stream.last_need) & 0xFFFFFFFF, FIN, now, None), now)
         for chunk in stream.take_ooo():     # a hole the new connection can no longer fill
             self.c.gap_bytes_skipped += len(chunk.data)
+
+    def _enter_recovery(self) -> None:
+        """A segment was lost (timeout, or three duplicate acks): send the oldest again, and every
+        further hole as partial acks reveal it, until snd_nxt of now is acknowledged."""
+        self.recovering = True
+        self.recover = self.snd_nxt
+        self._retransmit_head()
 
     def _on_target_reset(self, now: float) -> None:
         if self.state is State.SYN_SENT:
@@ -392,7 +409,7 @@ class Session(Sender):
             return True
         if now >= self.rto_at and self.inflight:
             self.c.retransmits += 1
-            self._retransmit_head()
+            self._enter_recovery()
             self.rto = min(self.rto * 2, self.p.rto_max)
             self.rto_at = now + self.rto
         if now >= self.persist_at:
@@ -475,9 +492,9 @@ _FLOATS = ("deadline", "created", "last_client", "last_target", "closed_at", "sy
 _STREAM_FLOATS = ("gap_since",)
 _INTS = ("restarts", "ip_id", "client_isn", "snd_una", "snd_nxt", "inflight_bytes", "syn_window", "rcv_nxt",
          "resp_bytes", "resp_at_release", "snd_wnd", "snd_wl1", "snd_wl2", "target_wscale", "ts_recent",
-         "last_ts_val", "payload_max", "dupacks")
+         "last_ts_val", "payload_max", "dupacks", "recover")
 _STREAM_INTS = ("end", "unsent_bytes", "ooo_bytes", "last_need")
-_BOOLS = ("ts_ok", "fin_sent", "target_fin", "ack_pending")
+_BOOLS = ("ts_ok", "recovering", "fin_sent", "target_fin", "ack_pending")
 _STREAM_BOOLS = ("client_closed",)
 # Slots that are not numbers: restored from the table (key, params, counters, output list) or
 # empty by the precondition (queues, SYN options); `online_base` (int or None) and `state` are

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.packet import ACK, PSH
+from appliance.packet import ACK, PSH, RST, SYN
 from tests.unit.enginekit import C_ISN, O_ISN, T_ISN, Playbook, brief, client, target
 
 REQ1 = b"GET /1 HTTP/1.1\r\n\r\n"       # 19 bytes
@@ -105,7 +105,8 @@ def test_segments_behind_a_held_turn_wait_with_it():
     pb.cap(client(S2, O_ISN + 101, ACK | PSH, REQ2))
     assert pb.cap(client(S3, O_ISN + 101, ACK | PSH, b"body")) == []   # continuation, same turn
     out = pb.resp(target(T_ISN + 1, S2, ACK, 100))
-    assert brief(out) == [(ACK | PSH, S2, T_ISN + 101, 19), (ACK | PSH, S3, T_ISN + 101, 4)]
+    assert brief(out) == [(ACK | PSH, S2, T_ISN + 101, 23)]     # released together, in one segment
+    assert out[0].payload == REQ2 + b"body" and pb.c.chunks_coalesced == 1
 
 
 def test_successive_turns_each_wait_for_their_answer():
@@ -160,3 +161,25 @@ def test_missing_response_headers_are_counted_and_acked_past():
     out = pb.resp(target(T_ISN + 51, S2, ACK, 50))
     assert brief(out) == [(ACK | PSH, S2, T_ISN + 101, 19)]
     assert pb.c.response_gaps == 1
+
+
+def test_requests_that_fell_behind_leave_together_and_a_restart_still_finds_their_start():
+    """A session that fell max_lag behind releases its held requests at once: they leave in one
+    segment, as the client's kernel would send a pipelined burst, not as a train of tiny ones
+    (which can overrun the target's receive memory). If the target then resets, the new connection
+    replays every one of them from the first request's start."""
+    pb = started(max_lag=1.0)
+    reqs = [b"GET /%d HTTP/1.1\r\n\r\n" % n for n in range(2, 6)]       # 19 bytes each
+    seq, need = S2, O_ISN + 1
+    for req in reqs:
+        need += 100
+        assert pb.cap(client(seq, need, ACK | PSH, req)) == []           # each a turn, held
+        seq += len(req)
+    out = pb.advance(1.0)                                               # the target never answered
+    assert [(e.seq, e.payload) for e in out] == [(S2, b"".join(reqs))]
+    assert (pb.c.turns_lagged, pb.c.chunks_coalesced) == (4, 3)
+    out = pb.resp(target(T_ISN + 1, S2, RST | ACK))
+    (syn,) = out
+    assert syn.seq == S2 - 1 and pb.c.resync_bytes_dropped == 0
+    out = pb.resp(target(5000, S2, SYN | ACK, options=b"\x02\x04\x05\xb4", port=syn.src_port))
+    assert b"".join(e.payload for e in out) == b"".join(reqs)

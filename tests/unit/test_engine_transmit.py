@@ -195,6 +195,24 @@ def test_fast_retransmit_after_three_duplicate_acks():
     assert pb.c.fast_retransmits == 1
 
 
+def test_after_a_loss_each_partial_ack_fills_the_next_hole_at_once_newreno():
+    """The target lost several segments (a pruned receive queue, say): after the first is sent again,
+    each ack that stops short of what was in flight shows the next hole, filled at once, not one
+    retransmission timeout apart."""
+    pb = Playbook()
+    handshake(pb)
+    for i in range(4):
+        pb.cap(client(S1 + 100 * i, O_ISN + 1, ACK | PSH, bytes([65 + i]) * 100))
+    (rto,) = pb.to_deadline()                                   # nothing acked: the first again
+    assert (rto.seq, pb.c.retransmits) == (S1, 1)
+    (hole2,) = pb.resp(target(T_ISN + 1, S1 + 100, ACK))      # partial: the second was lost too
+    assert (hole2.seq, hole2.payload) == (S1 + 100, b"B" * 100)
+    (hole4,) = pb.resp(target(T_ISN + 1, S1 + 300, ACK))      # the third had arrived, the fourth not
+    assert (hole4.seq, hole4.payload) == (S1 + 300, b"D" * 100)
+    assert pb.resp(target(T_ISN + 1, S1 + 400, ACK)) == []      # all of it: recovery ends
+    assert pb.c.retransmits == 3 and not pb.session.recovering
+
+
 def test_window_updates_and_data_are_not_duplicate_acks():
     pb = Playbook()
     handshake(pb)
