@@ -4,11 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 # gcc and python3-dev: pypcap ships no Linux wheel, pip builds it against libpcap-dev.
-APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv procps gcc python3-dev postgresql iptables
+# nginx-light, wrk, apache2-utils (ab): the real-tool lab tests (tests/lab/test_real_tools.py) and
+# make perf run their own nginx inside the lab; Debian's nginx service is never started (see below).
+APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv procps gcc python3-dev postgresql iptables \
+	nginx-light wrk apache2-utils
+# Packages install under a temporary policy-rc.d that exits 101: no service they bring starts.
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
 
 .PHONY: setup test demo lab-down perf packages images packaging-setup test-packaging
 
+# apt_ensure again: packages added to APT_PACKAGES after the venv was made are installed too
 setup: $(STAMP)
+	$(call apt_ensure,$(APT_PACKAGES),setup)
+	$(nginx_service_off)
 
 # $(call apt_ensure,PACKAGES,TARGET): install the Debian packages that are missing (root only).
 define apt_ensure
@@ -16,7 +24,22 @@ define apt_ensure
 if [ -n "$$missing" ]; then \
 	if [ "$$(id -u)" != 0 ]; then echo "make $(2): run as root to install:$$missing" >&2; exit 1; fi; \
 	echo "installing:$$missing"; \
+	if [ ! -e $(POLICY_RC_D) ]; then \
+		trap 'rm -f $(POLICY_RC_D)' EXIT; \
+		printf '#!/bin/sh\n# tcpcopy-py make: no service starts while packages install; removed afterwards\nexit 101\n' \
+			> $(POLICY_RC_D) && chmod 755 $(POLICY_RC_D); \
+	fi; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+fi
+endef
+
+# Debian's nginx service must never run (the lab starts its own nginx by PID): stop and disable it
+# where systemd started it anyway, e.g. installed before policy-rc.d was in place.
+define nginx_service_off
+@if [ -d /run/systemd/system ] && systemctl list-unit-files nginx.service >/dev/null 2>&1; then \
+	if systemctl is-active --quiet nginx.service || systemctl is-enabled --quiet nginx.service; then \
+		echo "stopping and disabling Debian's nginx service"; systemctl disable --now nginx.service; \
+	fi; \
 fi
 endef
 
@@ -38,8 +61,8 @@ lab-down: setup
 	$(VENV)/bin/tcpcopy-lab down --all
 
 # Benchmarks (not part of the tests): tcpreplay's stateless ceiling against stateful replay, side by side.
-# nginx-light is the fast HTTP target: perf/run.py runs its own nginx inside the lab (Debian's service is not used).
-PERF_APT_PACKAGES := tcpreplay nginx-light
+# nginx-light (in APT_PACKAGES) is the fast HTTP target: perf/run.py runs its own nginx inside the lab.
+PERF_APT_PACKAGES := tcpreplay
 perf: setup
 	$(call apt_ensure,$(PERF_APT_PACKAGES),perf)
 	$(VENV)/bin/pip install -q matplotlib py-spy

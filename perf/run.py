@@ -37,6 +37,7 @@ from typing import Any
 import psutil
 
 from appliance.lab.netns import ADDR, MAC, Lab
+from appliance.lab.nginx import Nginx
 from appliance.lab.postgres import PgCluster
 from appliance.lab.rig import ReplicationRig
 
@@ -47,29 +48,6 @@ from workloads import CALIBRATE, Workload, pg_startup, standard, write_pcap  # n
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEEDS = ("top", "1", "2", "4")
 ORIGINAL_US_PER_PACKET = (22, 27)     # the C tcpcopy, all-in, measured on this machine
-NGINX_CONF = """
-user root;
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 65535; }}
-http {{
-    access_log off;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
-    client_max_body_size 4m;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen {addr}:8080 backlog=65535;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
 
 
 class Targets:
@@ -77,17 +55,14 @@ class Targets:
 
     def __init__(self, lab: Lab, work: Path) -> None:
         self.lab, self.work = lab, work
-        self.nginx: subprocess.Popen | None = None
+        self.nginx: Nginx | None = None
         self.pg = PgCluster(lab, "target", work / "pg")
 
     def start(self) -> None:
         self.lab.run("target", ["sysctl", "-q", "-w", "net.core.somaxconn=65535",
                                 "net.ipv4.tcp_max_syn_backlog=65535"])
-        conf_dir = self.work / "nginx"
-        conf_dir.mkdir()
-        (conf_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=conf_dir, addr=ADDR["target"]))
-        self.nginx = self.lab.popen("target", ["nginx", "-p", str(conf_dir), "-c", str(conf_dir / "nginx.conf")],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the lab's nginx configuration (appliance.lab.nginx), without an access log: a benchmark target
+        self.nginx = Nginx(self.lab, "target", ADDR["target"], 8080, self.work / "nginx", access_log=False).start()
         self.pg.init()
         with open(self.pg.dir / "data" / "postgresql.conf", "a") as conf:
             conf.write("max_connections = 300\n")
@@ -95,7 +70,8 @@ class Targets:
 
     def pids(self) -> list[int]:
         out = []
-        for top in ([self.nginx.pid] if self.nginx else []) + ([self.pg.proc.pid] if self.pg.proc else []):
+        for top in ([self.nginx.pid] if self.nginx and self.nginx.pid else []) + \
+                ([self.pg.proc.pid] if self.pg.proc else []):
             try:
                 proc = psutil.Process(top)
                 out += [p.pid for p in [proc, *proc.children(recursive=True)]]
@@ -104,9 +80,8 @@ class Targets:
         return out
 
     def stop(self) -> None:
-        if self.nginx is not None and self.nginx.poll() is None:
-            self.nginx.terminate()
-            self.nginx.wait(10)
+        if self.nginx is not None:
+            self.nginx.stop()
         self.pg.stop()
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.lab.netns import ADDR, Lab
+from appliance.lab.nginx import Nginx
 from appliance.lab.records import Comparison, compare, load_records
 
 SERVICE_PORT = 8080
@@ -79,6 +80,7 @@ class ReplicationRig:
         self.intercept_filter = intercept_filter or f"tcp and src host {placement.target_bind} and src port {port}"
         self.intercepts = ",".join((placement.intercept, *extra_intercepts))
         self.procs: dict[str, subprocess.Popen] = {}
+        self.nginx: dict[str, Nginx] = {}         # role ("online", "target") -> nginx, see start_nginx
         self.keys = self.dir / "keys"
         if not (self.keys / "interceptd.key").exists():
             from appliance.curve import keygen
@@ -113,6 +115,39 @@ class ReplicationRig:
             if role == "target" and self.target_delay_ms:
                 argv += ["--delay-ms", str(self.target_delay_ms)]
             self._start(f"{role}-http", host, argv, ready="LISTENING")
+
+    def start_nginx(self, which: tuple[str, ...] = ("online", "target")) -> None:
+        """Debian's nginx (appliance.lab.nginx: own configuration, one worker, an access log) on
+        the online host and/or the target at the rig's port, in place of the lab's HTTP service;
+        stopped by close()."""
+        for role in which:
+            host, bind = (("online", ADDR["online"]) if role == "online"
+                          else (self.place.target_host, self.place.target_bind))
+            self.nginx[role] = Nginx(self.lab, host, bind, self.port, self.dir / f"nginx-{role}").start()
+
+    def settle_log(self, role: str = "target", quiet: float = 2.0, limit: float = 60.0,
+                   sessions: bool = True) -> tuple[int, bool]:
+        """Until `role`'s nginx access log has not grown for `quiet` seconds (longer than the log's
+        1 s flush) and, with `sessions`, tcpcopyd (if it runs) has no session open; (the log's line
+        count, whether that happened within `limit` seconds)."""
+        log = self.nginx[role].log
+        deadline = time.monotonic() + limit
+        last, last_change = log.count(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            got = log.count()
+            if got != last:
+                last, last_change = got, time.monotonic()
+            elif time.monotonic() - last_change >= quiet and not (sessions and self.sessions_active()):
+                return got, True
+        return log.count(), False
+
+    def sessions_active(self) -> int:
+        """Open sessions over every rewrite worker (their last heartbeats); 0 when tcpcopyd is not
+        running."""
+        status = self.status() if "tcpcopyd" in self.procs and self.procs["tcpcopyd"].poll() is None else None
+        return sum(ch["counters"].get("sessions_active", 0) for ch in status["children"]
+                   if ch["role"] == "rewrite") if status else 0
 
     def start_interceptd(self) -> None:
         self._start("interceptd", self.place.assistant_host,
@@ -265,6 +300,8 @@ class ReplicationRig:
             self.stop(name)
         for name in list(self.procs):
             self.stop(name)
+        for server in self.nginx.values():
+            server.stop()
 
     # ---- load and verdict -------------------------------------------------------------------
     def load(self, *args: str, timeout: float = 180.0) -> dict[str, Any]:

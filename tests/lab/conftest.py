@@ -19,7 +19,7 @@ from appliance.lab.netns import Lab
 from appliance.lab.rig import ReplicationRig
 from tests.lab.support import Services, lab_unavailable_reason, unique_prefix
 
-LAB_FIXTURES = {"lab", "netns_capable"}
+LAB_FIXTURES = {"lab", "lab_offloads_off", "netns_capable"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,6 +42,19 @@ def lab(netns_capable: None) -> Iterator[Lab]:
     try:
         built.down()
         built.up()
+        yield built
+    finally:
+        built.down()
+
+
+@pytest.fixture(scope="module")
+def lab_offloads_off(netns_capable: None) -> Iterator[Lab]:
+    """Like `lab`, with tx/rx checksum, TSO, GSO and GRO off on every veth (as a production NIC
+    without offloads: every packet at most one MTU)."""
+    built = Lab(unique_prefix(variant=7))
+    try:
+        built.down()
+        built.up(offloads=False)
         yield built
     finally:
         built.down()
