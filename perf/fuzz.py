@@ -6,6 +6,8 @@ captured answers through the parsers.
 Each input is a valid packet or frame with random bytes overwritten, truncated or extended, or
 plain random bytes. The only acceptable outcomes are a parse or the documented error
 (MalformedPacket, WireError, PcapError); anything else stops the run with the input printed in hex.
+Spoofed segments go into a session table as a live worker runs it (SpoofFuzz): nothing of
+them may reach the target, no RST off the expected number may reset a session.
 interceptd's capture path is fuzzed as it runs: mutated frames are written to pcap files
 (INTERCEPT_FILE_FRAMES at a time) that libpcap (pypcap) replays into interceptd's capture
 callback; every frame must be published or counted, never `unexpected`, and every published
@@ -23,7 +25,9 @@ import time
 
 from appliance import wire
 from appliance.config import InterceptConfig
-from appliance.packet import ACK, PSH, MalformedPacket, build_ipv4_tcp, parse_ipv4_tcp, parse_options
+from appliance.packet import (
+    ACK, PSH, RST, SYN, MalformedPacket, TcpSegment, build_ipv4_tcp, ip_to_int, parse_ipv4_tcp, parse_options,
+)
 from appliance.pcapfile import PcapError, packets
 from workers.intercept import Intercept
 
@@ -33,7 +37,8 @@ SEEDS = [build_ipv4_tcp(0xC6120001, 0xC6120002, 40000, 8080, 1, 2, ACK | PSH, 51
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 JSON_SEEDS = [b'{"id":"1","command":"set","args":{"name":"sample-rate","value":0.25}}',
               b'{"role":"interceptd","instance":"0a0b0c0d","pid":42,"counters":{"captured":1,"published":1}}']
-KINDS = 5
+KINDS = 6
+CLIENT, ONLINE, TARGET = ip_to_int("198.18.0.1"), ip_to_int("198.18.0.2"), ip_to_int("198.18.0.3")
 INTERCEPT_FILE_FRAMES = 2000
 
 
@@ -118,6 +123,61 @@ class InterceptFuzz:
         return published
 
 
+class SpoofFuzz:
+    """Spoofed traffic into a session table as a live worker runs it (mid-stream segments checked
+    against the online host's socket table, which holds none of them), beside established sessions
+    that spoofed answers try to reset: no spoofed segment may reach the target, no session may be
+    reset by a RST off its expected sequence number."""
+
+    SESSIONS = 64
+
+    def __init__(self) -> None:
+        from appliance.engine.table import SessionTable
+        self.table = SessionTable()
+        self.table.accepted_online = lambda seg: False
+        self.rcv_nxt: dict[int, int] = {}
+        for port in range(41000, 41000 + self.SESSIONS):
+            self.table.client_segment(self._client(port, 1000, 0, SYN), TARGET, 8080, 0.0)
+            self.table.target_segment(self._target(port, 5000, 1001, SYN | ACK), 0.0)
+            self.rcv_nxt[port] = 5001
+        self.table.flush(0.0)
+        self.table.take_output()
+        self.refused = self.challenged = 0
+
+    @staticmethod
+    def _client(port: int, seq: int, ack: int, flags: int, payload: bytes = b"") -> TcpSegment:
+        return TcpSegment(CLIENT, ONLINE, port, 8080, seq, ack, flags, 512, b"", payload, len(payload), 1)
+
+    @staticmethod
+    def _target(port: int, seq: int, ack: int, flags: int) -> TcpSegment:
+        return TcpSegment(TARGET, CLIENT, 8080, port, seq, ack, flags, 512, b"", b"", 0, 1)
+
+    def feed(self, rng: random.Random, i: int) -> None:
+        table = self.table
+        if rng.random() < 0.5:                  # data without a SYN, any port, any numbers
+            port = rng.randrange(1024, 65536)
+            if 41000 <= port < 41000 + self.SESSIONS:
+                port += self.SESSIONS
+            seg = self._client(port, rng.getrandbits(32), rng.getrandbits(32), ACK | PSH, rng.randbytes(20))
+            table.client_segment(seg, TARGET, 8080, 1.0)
+        else:                                   # a RST (or RST-ACK) off the expected number
+            port = 41000 + rng.randrange(self.SESSIONS)
+            seq = rng.getrandbits(32)
+            if seq == self.rcv_nxt[port]:
+                seq += 1
+            table.target_segment(self._target(port, seq, rng.getrandbits(32), RST | rng.choice((0, ACK))), 1.0)
+        table.flush(1.0)
+        out = table.take_output()
+        if any(e.payload or e.flags & (SYN | RST) for e in out) or table.counters.sessions_reset_by_target:
+            raise AssertionError(f"spoofed input {i} reached the target or reset a session: {out[:3]}")
+        self.challenged += len(out)
+
+    def summary(self) -> str:
+        c = self.table.counters
+        return (f"spoofing: {c.midstream_refused:,} mid-stream segments refused, {c.target_resets_challenged:,} "
+                f"RSTs challenged, {c.target_resets_ignored:,} ignored, {c.sessions_reset_by_target} sessions reset")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=10_000_000)
@@ -130,11 +190,14 @@ def main() -> None:
     frames = [b.take()]
     pcap_file = _pcap_of(SEEDS)
     intercept = InterceptFuzz()
+    spoof = SpoofFuzz()
     parsed = 0
     started = time.monotonic()
     for i in range(args.inputs):
         kind = i % KINDS
-        if kind == 4:
+        if kind == 5:
+            spoof.feed(rng, i)
+        elif kind == 4:
             answer = ETH + SEEDS[1]
             intercept.add(mutate(rng, answer) if rng.random() < 0.9 else rng.randbytes(rng.randrange(60)))
         elif kind == 3:
@@ -182,10 +245,11 @@ def main() -> None:
     parsed += intercept.ic.captured
     took = time.monotonic() - started
     ic = intercept.ic
-    print(f"{args.inputs:,} inputs (a fifth each: packets, batch frames, pcap files, JSON frames, frames "
-          f"captured by interceptd), {parsed:,} parsed, the rest refused with the documented error or "
-          f"counted (interceptd: {ic.captured:,} captured, {ic.malformed:,} malformed, {ic.not_ip:,} not IP, "
-          f"{ic.unexpected} unexpected); {args.inputs / took:,.0f} inputs/s, {took:.0f} s")
+    print(f"{args.inputs:,} inputs (a sixth each: packets, batch frames, pcap files, JSON frames, frames "
+          f"captured by interceptd, spoofed segments), {parsed:,} parsed, the rest refused with the documented "
+          f"error or counted (interceptd: {ic.captured:,} captured, {ic.malformed:,} malformed, {ic.not_ip:,} "
+          f"not IP, {ic.unexpected} unexpected); {spoof.summary()}; {args.inputs / took:,.0f} inputs/s, "
+          f"{took:.0f} s")
 
 
 if __name__ == "__main__":

@@ -165,3 +165,31 @@ def test_interceptd_capture_callback_counts_every_frame_and_publishes_only_parsa
             parse_ipv4_tcp(header, keep_payload=False)
             published += 1
     assert published == 2 * ic.captured                # one batch per shard count in use
+
+
+# ---- spoofed segments: mid-stream data the online host never accepted, RSTs off the sequence ------
+@FAST
+@given(st.lists(st.tuples(st.booleans(), st.integers(1024, 65535), st.integers(0, 2**32 - 1),
+                          st.integers(0, 2**32 - 1), st.booleans()), max_size=40))
+def test_spoofed_segments_never_reach_the_target_nor_reset_a_session(inputs):
+    """Issue 14: data without a SYN from anywhere makes no handshake while the socket table holds no
+    such connection, and a RST at any number but the expected one resets nothing."""
+    from appliance.packet import ACK, PSH, RST, SYN, TcpSegment
+    client, online, target = 0xC6120001, 0xC6120002, 0xC6120003
+    table = SessionTable()
+    table.accepted_online = lambda seg: False
+    table.client_segment(TcpSegment(client, online, 40000, 8080, 1000, 0, SYN, 512, b"", b"", 0, 1), target, 8080, 0.0)
+    table.target_segment(TcpSegment(target, client, 8080, 40000, 5000, 1001, SYN | ACK, 512, b"", b"", 0, 1), 0.0)
+    table.flush(0.0)
+    table.take_output()
+    for data_segment, port, seq, ack, with_ack in inputs:
+        if data_segment:
+            port += port == 40000                  # the established connection's own bytes are not spoofed
+            seg = TcpSegment(client, online, port, 8080, seq, ack, ACK | PSH, 512, b"", b"x" * 9, 9, 1)
+            table.client_segment(seg, target, 8080, 1.0)
+        elif seq != 5001:
+            seg = TcpSegment(target, client, 8080, 40000, seq, ack, RST | (ACK if with_ack else 0), 512, b"", b"", 0, 1)
+            table.target_segment(seg, 1.0)
+        table.flush(1.0)
+        assert all(not e.payload and not e.flags & (SYN | RST) for e in table.take_output())
+    assert table.counters.sessions_reset_by_target == 0 and table.counters.sessions_fake_syn == 0
