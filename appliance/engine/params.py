@@ -59,6 +59,7 @@ class EngineCounters:
     sessions_timed_out: int = 0
     handshake_timeouts: int = 0      # G8: no SYN-ACK reached us (route, assistant, filter?)
     handshake_refused: int = 0       # target answered the SYN with RST (nothing listening?)
+    target_stale_resets: int = 0     # ... with an ACK: it held an older connection on the 4-tuple, reset
     port_reuse_moves: int = 0        # G4: new SYN on a client port whose session was still open or closing
                                      # on the target: replayed from a spare port (the old one finishes)
     port_reuse_resets: int = 0       # ... and no spare port: the old session was reset

@@ -134,6 +134,18 @@ class Session(Sender):
         self.syn_rto_at = now + self.syn_interval
         self._emit(self.client_isn, 0, SYN, self.syn_options, window=self.syn_window)
 
+    def _on_stale_connection(self, hdr: TcpSegment, now: float) -> None:
+        """RFC 793, SYN-SENT: an ACK that does not acknowledge our SYN means the target still holds an
+        older connection on this 4-tuple (half-open after a crash, a lost last ACK, TIME_WAIT) and
+        answered our SYN with a challenge ACK. A RST at its ack number ends it, as the client's kernel
+        would do; the SYN goes again at once, the first time (later ones wait for the retry timer, so a
+        target that ignores the RST cannot make us loop)."""
+        self.c.target_stale_resets += 1
+        self.c.resets_sent += 1
+        self._emit(hdr.ack, 0, RST)
+        if self.syn_interval == self.p.syn_rto:
+            self.syn_rto_at = now
+
     def _on_syn_ack(self, hdr: TcpSegment, now: float) -> None:
         ours = parse_options(self.syn_options)
         theirs = parse_options(hdr.options)
@@ -242,7 +254,9 @@ class Session(Sender):
                 self._on_target_reset(now)
             return
         if self.state is State.SYN_SENT:
-            if hdr.flags & SYN and hdr.flags & ACK and hdr.ack == (self.client_isn + 1) & 0xFFFFFFFF:
+            if hdr.flags & ACK and hdr.ack != (self.client_isn + 1) & 0xFFFFFFFF:
+                self._on_stale_connection(hdr, now)
+            elif hdr.flags & SYN and hdr.flags & ACK:
                 self._on_syn_ack(hdr, now)
             return
         if hdr.flags & SYN:                      # our third segment was lost: answer again

@@ -41,11 +41,19 @@ def test_syn_ack_completes_handshake_with_forged_third_ack():
     assert pb.c.client_pure_acks == 1
 
 
-def test_syn_ack_with_wrong_ack_is_ignored():
+def test_an_ack_that_does_not_acknowledge_our_syn_resets_the_stale_connection_rfc793():
+    """The target still holds an older connection on the 4-tuple (a half-open one, a lost last ACK,
+    TIME_WAIT) and answers our SYN with a challenge ACK: a RST at its ack ends it, as the client's kernel
+    would, and the SYN goes again at once (the first time only)."""
     pb = Playbook()
     pb.cap(client(C_ISN, 0, SYN))
-    assert pb.resp(target(T_ISN, C_ISN + 7, SYN | ACK)) == []
-    assert pb.resp(target(T_ISN, C_ISN + 1, ACK)) == []      # not a SYN-ACK
+    assert brief(pb.resp(target(T_ISN, 777_000, ACK))) == [(RST, 777_000, 0, 0)]
+    assert brief(pb.advance(0)) == [(SYN, C_ISN, 0, 0)]
+    assert brief(pb.resp(target(T_ISN, 777_000, ACK))) == [(RST, 777_000, 0, 0)]
+    assert pb.advance(0.4) == []                              # the second time: the retry timer decides
+    assert (pb.c.target_stale_resets, pb.session.state) == (2, State.SYN_SENT)
+    assert brief(pb.resp(target(T_ISN, C_ISN + 7, SYN | ACK))) == [(RST, C_ISN + 7, 0, 0)]   # wrong SYN-ACK too
+    assert pb.resp(target(T_ISN, C_ISN + 1, ACK)) == []      # acceptable ack, not a SYN-ACK: ignored
     assert pb.session.state is State.SYN_SENT
     assert brief(pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK))) == [(ACK, C_ISN + 1, T_ISN + 1, 0)]
 
