@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 1.0
 SETTINGS_INTERVAL = 0.05   # runtime settings are looked for this often, not on every loop turn
+YOUNG = 3.0                # seconds: a child that exits younger says its last counters again ...
+YOUNG_REPEAT = 0.5         # ... for this long
 
 
 class Worker:
@@ -111,6 +113,13 @@ class Worker:
                         break
             self.shutdown()
             self.publish_stats()
+            if time.time() - self.started < YOUNG:
+                # PUB drops what it sends before the supervisor's subscription reached it (the slow
+                # joiner): a child that ran this briefly (a short offline replay) may never have been
+                # heard. Its counters are totals, so saying them again is harmless.
+                for _ in range(int(YOUNG_REPEAT / 0.05)):
+                    time.sleep(0.05)
+                    self.publish_stats()
         finally:
             for sock in self._sockets:
                 sock.close()             # each socket's own linger: 0 unless set otherwise

@@ -79,6 +79,7 @@ class Comparison:
     extra: list[str] = field(default_factory=list)
     requests_online: int = 0
     requests_target: int = 0
+    moved: int = 0         # of the identical ones, replayed from another port of the same client
 
     @property
     def completeness_pct(self) -> float:
@@ -117,33 +118,56 @@ def _name(peer: str, index: int, count: int) -> str:
 
 
 def compare_sessions(online: dict[str, list[Record]], target: dict[str, list[Record]]) -> Comparison:
-    """Compare two peer -> sessions maps (as returned by load_sessions)."""
-    identical = 0
+    """Compare two peer -> sessions maps (as returned by load_sessions).
+
+    A session first matches one of its own peer on the target; one left over may match a session of
+    another port of the same client address (tcpcopyd replays a connection from a spare port when the
+    client reused its port while the previous session was still open on the target): `moved`."""
+    identical = moved = 0
     mismatched: list[str] = []
     missing: list[str] = []
     extra: list[str] = []
+    leftover_target = {peer: Counter((r.get("sha256"), r.get("bytes")) for r in sessions)
+                       for peer, sessions in target.items()}
+    unmatched_online: dict[str, list[tuple[str, tuple[Any, Any]]]] = {}
     for peer, sessions in online.items():
-        theirs = target.get(peer, [])
-        unmatched_target = Counter((r.get("sha256"), r.get("bytes")) for r in theirs)
-        unmatched_online: list[str] = []
+        theirs = leftover_target.setdefault(peer, Counter())
         for index, record in enumerate(sessions, start=1):
             key = (record.get("sha256"), record.get("bytes"))
-            if unmatched_target[key] > 0:
-                unmatched_target[key] -= 1
+            if theirs[key] > 0:
+                theirs[key] -= 1
                 identical += 1
             else:
-                unmatched_online.append(_name(peer, index, len(sessions)))
-        leftover = sum(unmatched_target.values())
-        mismatched.extend(unmatched_online[:leftover])
-        missing.extend(unmatched_online[leftover:])
-        extra.extend(f"{peer}#extra{i}" for i in range(1, leftover - len(unmatched_online) + 1))
-    for peer, sessions in target.items():
-        if peer not in online:
-            extra.extend(_name(peer, i, len(sessions)) for i in range(1, len(sessions) + 1))
+                unmatched_online.setdefault(peer, []).append((_name(peer, index, len(sessions)), key))
+    by_address: dict[tuple[str, Any], list[Counter]] = defaultdict(list)
+    for peer, left in leftover_target.items():
+        for key in left:
+            by_address[(peer.rpartition(":")[0], key)].append(left)
+    for peer, names in unmatched_online.items():
+        still: list[tuple[str, tuple[Any, Any]]] = []
+        for name, key in names:
+            pool = next((c for c in by_address.get((peer.rpartition(":")[0], key), ()) if c[key] > 0), None)
+            if pool is not None:
+                pool[key] -= 1
+                identical += 1
+                moved += 1
+            else:
+                still.append((name, key))
+        unmatched_online[peer] = still
+    for peer in sorted(set(online) | set(target)):
+        names = [name for name, _ in unmatched_online.get(peer, [])]
+        leftover = sum(leftover_target.get(peer, Counter()).values())
+        mismatched.extend(names[:leftover])
+        missing.extend(names[leftover:])
+        if peer in online:
+            extra.extend(f"{peer}#extra{i}" for i in range(1, leftover - len(names) + 1))
+        else:
+            extra.extend(_name(peer, i, leftover) for i in range(1, leftover + 1))
     return Comparison(
         sessions_online=sum(len(group) for group in online.values()),
         sessions_target=sum(len(group) for group in target.values()),
         identical=identical,
+        moved=moved,
         mismatched=sorted(mismatched),
         missing=sorted(missing),
         extra=sorted(extra),

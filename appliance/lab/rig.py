@@ -331,9 +331,11 @@ class ReplicationRig:
                     return
             time.sleep(0.2)
 
-    def verdict(self, load: dict[str, Any], load_ended: float) -> Verdict:
+    def verdict(self, load: dict[str, Any], load_ended: float, settle_limit: float = 60.0) -> Verdict:
+        """Settle (at most `settle_limit` s: a fault may leave sessions open that never finish), stop
+        both services and compare what they recorded."""
         online = load_records(self.online_rec)
-        self.settle(len(online))
+        self.settle(len(online), limit=settle_limit)
         status = self.fresh_status()
         self.stop("online-http")
         self.stop("target-http")

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.lab.netns import ADDR, Lab
-from appliance.lab.records import load_records
+from appliance.lab.records import load_sessions
 from appliance.lab.rig import ReplicationRig
 from tests.lab.support import HeldConnections
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.lab
 
 MIX = ("mix", "--short", "1500", "--keepalive", "30", "--per-conn", "40", "--concurrency", "20")
 # a process restart takes ~0.5 s: the load runs long enough to leave most sessions outside it
-LONG_MIX = ("mix", "--short", "3000", "--keepalive", "30", "--per-conn", "80", "--concurrency", "20")
+LONG_MIX = ("mix", "--short", "5000", "--keepalive", "30", "--per-conn", "80", "--concurrency", "8")
 
 
 @pytest.fixture
@@ -60,17 +61,35 @@ def _after_fault_all_complete(rig: ReplicationRig) -> None:
     """New sessions after a fault replay byte-exact, every one."""
     started = time.time()
     rig.load("--seed", "9", "mix", "--short", "100", "--keepalive", "5", "--per-conn", "10")
-    v = rig.verdict({}, time.time())
+    v = rig.verdict({}, time.time(), settle_limit=FAULT_SETTLE)
 
     def fresh(path: Path) -> dict[str, str]:
         recs = (json.loads(line) for line in path.read_text().splitlines())
         return {r["peer"]: r["sha256"] for r in recs if not r.get("open") and r["opened"] >= started}
 
-    online, target = fresh(rig.online_rec), fresh(rig.target_rec)
+    online = fresh(rig.online_rec)
     assert len(online) == 105
-    missing = [p for p, sha in online.items() if target.get(p) != sha]
+    missing = _not_on_target(online, rig)
     assert not missing, f"{len(missing)} sessions after the fault did not replay: {missing[:3]}"
     assert v.status["supervisor"]["state"] == "running"
+
+
+REPLAY_LAG = 2.0      # seconds: max_lag (1 s), close_quiet (0.2 s), the capture -> worker queue
+FAULT_SETTLE = 15.0   # seconds for the target to finish after a fault's load
+
+
+def _not_on_target(online: dict[str, str], rig: ReplicationRig) -> list[str]:
+    """The online sessions (peer -> digest) of which the target recorded no copy: the same bytes from
+    the same client address (a connection may come from a spare port when the client reused its own)."""
+    have = Counter((r["peer"].rpartition(":")[0], r["sha256"]) for r in (r for group in load_sessions(rig.target_rec).values() for r in group))
+    missing = []
+    for peer, sha in online.items():
+        key = (peer.rpartition(":")[0], sha)
+        if have[key] > 0:
+            have[key] -= 1
+        else:
+            missing.append(peer)
+    return missing
 
 
 def _sessions_outside(path: Path, start: float, end: float) -> dict[str, str]:
@@ -93,15 +112,17 @@ def test_kill_each_role_under_load(rig, lab, role):
                    and _child(s, role)["pid"] != victim["pid"] and _child(s, role)["heartbeat_age"] is not None)
     back = time.time()
     assert _finish(load)["errors"] == 0
-    v = rig.verdict({}, time.time())
+    # a keep-alive session whose FIN the dead capture missed stays open on the target (keepalive_timeout)
+    v = rig.verdict({}, time.time(), settle_limit=FAULT_SETTLE)
     c = v.comparison
-    online = _sessions_outside(rig.online_rec, killed, back)
-    target = load_records(rig.target_rec)
-    missing = [p for p, sha in online.items() if target.get(p, {}).get("sha256") != sha]
+    # the replay runs behind the online server (a held turn up to max_lag, a close until the target is
+    # quiet): a session that closed online shortly before the kill may still have been in the dead process
+    online = _sessions_outside(rig.online_rec, killed - REPLAY_LAG, back)
+    missing = _not_on_target(online, rig)
     print(f"kill -9 {role}: down {back - killed:.2f} s; {c.identical}/{c.sessions_online} sessions byte-exact, "
           f"{len(online) - len(missing)}/{len(online)} of those not open while it was down; "
           f"lost in restarts {v.status['funnel']['sessions_lost_in_restarts']}")
-    assert len(online) >= c.sessions_online // 3, "the fault should land inside the load, not swallow it"
+    assert len(online) >= c.sessions_online // 4, "the fault should land inside the load, not swallow it"
     assert not missing, f"{len(missing)} sessions that were not open during the fault did not replay: {missing[:3]}"
     rig.start_services()                                # verdict stopped them; the appliance is still up
     _after_fault_all_complete(rig)

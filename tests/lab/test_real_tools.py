@@ -37,7 +37,7 @@ ENGINE_COUNTERS = ("sessions_started", "sessions_completed", "sessions_reset_by_
                    "handshake_refused", "port_reuse_resets", "port_reuse_waits", "capture_gaps",
                    "buffer_overflows", "window_stalls", "turns_lagged", "client_late", "client_no_session",
                    "retransmits")
-NEW_COUNTERS = re.compile(r"remap|deadline|overtak|held")        # the engine's fixes may add these
+NEW_COUNTERS = re.compile(r"moves|closes_forced|coalesced|syn_retransmits|resets_challenged|resets_ignored")
 KERNEL_COUNTERS = re.compile(r"Reset|Prune|Listen|PAWS|TW|TimeWait|ReqQ|Drop|Challenge|Syncookies"
                              r"|AttemptFails|AbortOn")
 

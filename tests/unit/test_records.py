@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from appliance.lab.records import compare, load_records, load_sessions
+from appliance.lab.records import compare, compare_sessions, load_records, load_sessions
 
 
 def record(peer: str, sha: str = "aa", size: int = 100, requests: int = 1, **extra: Any) -> dict[str, Any]:
@@ -125,3 +125,15 @@ def test_compare_counts_every_session_when_client_ports_are_reused(tmp_path: Pat
     assert result.mismatched == [] and result.extra == []
     assert result.requests_online == 4 and result.requests_target == 3
     assert result.completeness_pct == pytest.approx(75.0)
+
+
+def test_a_session_replayed_from_another_port_of_the_same_client_counts_as_identical():
+    """tcpcopyd moves a connection to a spare port when the client reused its port too soon."""
+    online = {"198.18.0.1:40000": [{"sha256": "a", "bytes": 5, "opened": 1.0}, {"sha256": "b", "bytes": 7, "opened": 2.0}]}
+    target = {"198.18.0.1:40000": [{"sha256": "a", "bytes": 5}], "198.18.0.1:1025": [{"sha256": "b", "bytes": 7}],
+              "198.18.0.9:1027": [{"sha256": "c", "bytes": 9}]}
+    c = compare_sessions(online, target)
+    assert (c.identical, c.moved, c.missing, c.mismatched) == (2, 1, [], [])
+    assert c.extra == ["198.18.0.9:1027"]                        # another address's session is not borrowed
+    other = compare_sessions(online, {"198.18.0.2:1025": [{"sha256": "b", "bytes": 7}]})
+    assert (other.identical, other.moved) == (0, 0)
