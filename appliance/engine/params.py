@@ -60,6 +60,7 @@ class EngineCounters:
     handshake_timeouts: int = 0      # G8: no SYN-ACK reached us (route, assistant, filter?)
     handshake_refused: int = 0       # target answered the SYN with RST (nothing listening?)
     target_stale_resets: int = 0     # ... with an ACK: it held an older connection on the 4-tuple, reset
+    target_isn_changes: int = 0      # a second SYN-ACK with another ISN (SYN cookies, our SYN sent twice)
     port_reuse_moves: int = 0        # G4: new SYN on a client port whose session was still open or closing
                                      # on the target: replayed from a spare port (the old one finishes)
     port_reuse_resets: int = 0       # ... and no spare port: the old session was reset

@@ -260,6 +260,16 @@ class Session(Sender):
                 self._on_syn_ack(hdr, now)
             return
         if hdr.flags & SYN:                      # our third segment was lost: answer again
+            if (hdr.seq + 1) & 0xFFFFFFFF != self.rcv_nxt and not self.resp_bytes and hdr.flags & ACK \
+                    and hdr.ack == (self.client_isn + 1) & 0xFFFFFFFF and self.snd_una == hdr.ack:
+                # A SYN-ACK with another ISN, nothing exchanged yet: our SYN went twice (the answer to the
+                # first was late here) and the target answered the first with a SYN cookie, the second
+                # from its SYN queue. Only the second is kept there: an ACK of the first is reset.
+                self.c.target_isn_changes += 1
+                self.rcv_nxt = (hdr.seq + 1) & 0xFFFFFFFF
+                self.snd_wl1 = hdr.seq
+                if self.ts_ok:
+                    self.ts_recent = ts_val_of(hdr.options) or self.ts_recent
             self.ack_pending = True
             return
         if self.ts_ok and hdr.options:

@@ -324,3 +324,24 @@ def test_without_a_spare_port_a_closing_session_that_never_finishes_gives_way_af
     out = pb.advance(2.1)
     assert RST | ACK in [e.flags for e in out] and SYN in [e.flags for e in out]
     assert pb.c.port_reuse_resets == 1
+
+
+def test_a_second_syn_ack_with_another_isn_replaces_the_first_before_anything_was_exchanged():
+    """Under a SYN flood of our own making (a topspeed replay), the target answers our first SYN with
+    a SYN cookie and, the queue having room again, our retransmitted SYN from its SYN queue: the two
+    SYN-ACKs differ, and only the second is kept there. Acking the first gets the session reset."""
+    pb = Playbook()
+    pb.cap(client(C_ISN, 0, SYN))
+    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))
+    pb.advance(0.5)                                              # our SYN again: the answer is late here
+    cookie, queued = 231_266_207, 1_579_536_321
+    out = pb.resp(target(cookie, C_ISN + 1, SYN | ACK, options=MSS1460))
+    assert brief(out)[0] == (ACK, C_ISN + 1, cookie + 1, 0)
+    out = pb.resp(target(queued, C_ISN + 1, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, C_ISN + 6, queued + 1, 0)] and pb.c.target_isn_changes == 1
+    (rtx,) = pb.to_deadline()                                    # the request again, acking the right ISN
+    assert (rtx.seq, rtx.ack, rtx.payload) == (C_ISN + 1, queued + 1, b"GET /")
+    # once anything was exchanged, a late SYN-ACK is only answered, never adopted
+    pb.resp(target(queued + 1, C_ISN + 6, ACK, 10))
+    out = pb.resp(target(cookie, C_ISN + 1, SYN | ACK, options=MSS1460))
+    assert brief(out) == [(ACK, C_ISN + 6, queued + 11, 0)] and pb.c.target_isn_changes == 1
