@@ -118,6 +118,7 @@ class Sender(_Base):
         self._emit(chunk.seq, self.rcv_nxt, ACK | (PSH if chunk.data else 0) | (chunk.flags & FIN),
                    self._ts_options(chunk.ts_val), chunk.data)
         self.ack_pending = False
+        chunk.sent = now
         self.inflight = queued(self.inflight, chunk)
         self.inflight_bytes += len(chunk.data)
         self.snd_nxt = chunk.end
@@ -128,6 +129,7 @@ class Sender(_Base):
 
     def _retransmit_head(self) -> None:
         head = self.inflight[0]
+        head.sent = 0.0                      # Karn: an ack of it may be for either copy
         self._emit(head.seq, self.rcv_nxt, ACK | (PSH if head.data else 0) | (head.flags & FIN),
                    self._ts_options(head.ts_val), head.data)
         self.ack_pending = False

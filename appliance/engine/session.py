@@ -40,7 +40,7 @@ class Session(Sender):
                  "restarts", "ip_id", "stream", "client_isn", "snd_una", "snd_nxt", "inflight", "inflight_bytes",
                  "syn_options", "syn_window", "syn_sent_at", "syn_rto_at", "syn_interval", "rcv_nxt",
                  "resp_bytes", "resp_at_release", "last_resp_data", "snd_wnd", "snd_wl1", "snd_wl2",
-                 "target_wscale", "ts_ok", "ts_recent", "last_ts_val", "payload_max", "rto", "rto_at",
+                 "target_wscale", "ts_ok", "ts_recent", "last_ts_val", "payload_max", "rto", "srtt", "rttvar", "rto_at",
                  "persist_at", "dupacks", "recover", "recovering", "fin_sent", "target_fin", "ack_pending",
                  "held_since")
 
@@ -93,6 +93,8 @@ class Session(Sender):
         self.last_ts_val = 0
         self.payload_max = self.p.mtu - 40
         self.rto = self.p.rto_min
+        self.srtt = 0.0                  # smoothed round trip to the target and back through interceptd
+        self.rttvar = 0.0                # (RFC 6298; 0: no sample yet)
         self.rto_at = INF
         self.persist_at = INF
         self.dupacks = 0
@@ -298,11 +300,15 @@ class Session(Sender):
         if seq_lt(self.snd_una, ack) and seq_le(ack, self.snd_nxt):
             self.snd_una = ack
             self.dupacks = 0
-            self.rto = self.p.rto_min
+            sent = 0.0
             while self.inflight and seq_le(self.inflight[0].end, ack):
                 done = self.inflight.popleft()  # type: ignore[union-attr]
                 self.inflight_bytes -= len(done.data)
                 self.c.bytes_acked += len(done.data)
+                sent = done.sent
+            if sent:
+                self._rtt_sample(now - sent)
+            self.rto = self._base_rto()
             if self.inflight and seq_lt(self.inflight[0].seq, ack):
                 head = self.inflight[0]
                 cut = seq_diff(ack, head.seq)
@@ -362,6 +368,21 @@ class Session(Sender):
             stream.accept(Chunk(stream.end, b"", (base + stream.last_need) & 0xFFFFFFFF, FIN, now, None), now)
         for chunk in stream.take_ooo():     # a hole the new connection can no longer fill
             self.c.gap_bytes_skipped += len(chunk.data)
+
+    def _rtt_sample(self, rtt: float) -> None:
+        """RFC 6298 smoothing. The round trip includes interceptd's batching and this worker's own
+        backlog: a worker that falls behind waits longer before sending again, instead of
+        retransmitting what the target already acknowledged (more load, further behind)."""
+        if not self.srtt:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def _base_rto(self) -> float:
+        if not self.srtt:
+            return self.p.rto_min
+        return min(max(self.srtt + max(0.01, 4 * self.rttvar), self.p.rto_min), self.p.rto_max)
 
     def _enter_recovery(self) -> None:
         """A segment was lost (timeout, or three duplicate acks): send the oldest again, and every
@@ -512,7 +533,7 @@ def packed_deadline(packed: bytes) -> float:
 
 
 _FLOATS = ("deadline", "created", "last_client", "last_target", "closed_at", "syn_sent_at", "syn_rto_at",
-           "syn_interval", "last_resp_data", "rto", "rto_at", "persist_at", "held_since")
+           "syn_interval", "last_resp_data", "rto", "srtt", "rttvar", "rto_at", "persist_at", "held_since")
 _STREAM_FLOATS = ("gap_since",)
 _INTS = ("restarts", "ip_id", "client_isn", "snd_una", "snd_nxt", "inflight_bytes", "syn_window", "rcv_nxt",
          "resp_bytes", "resp_at_release", "snd_wnd", "snd_wl1", "snd_wl2", "target_wscale", "ts_recent",

@@ -47,6 +47,7 @@ class Chunk:
     need: int = 0          # response bytes the client received since the previous turn
     turn: bool = False     # held until the target has answered (cleared when released)
     boundary: bool = False # starts a turn (kept): a place where a new connection may restart
+    sent: float = 0.0      # when first sent to the target; 0 once sent again (no RTT sample: Karn)
 
     @property
     def end(self) -> int:

@@ -171,6 +171,30 @@ def test_rto_retransmits_with_exponential_backoff_capped():
     assert (again.seq, len(again.payload)) == (S1 + 100, 10)
 
 
+def test_the_retransmission_timeout_follows_the_measured_round_trip_rfc6298():
+    """Acks that come 0.3 s after each send (a far target, or this worker's own backlog) raise the
+    timeout above them: nothing is sent again that the target is about to acknowledge. A segment sent
+    twice gives no sample (Karn)."""
+    pb = Playbook(rto_min=0.1, rto_max=3.0)
+    handshake(pb)
+    seq = S1
+    for _ in range(4):
+        pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"r" * 10))
+        seq += 10
+        assert pb.advance(0.09) == []                            # before rto_min: nothing again anyway
+        pb.now += 0.21
+        pb.resp(target(T_ISN + 1, seq, ACK))
+    sess = pb.session
+    assert sess.srtt == pytest.approx(0.3) and 0.3 < sess.rto < 1.0
+    pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"s" * 10))
+    assert pb.advance(0.3) == []                                 # no spurious retransmission
+    (again,) = pb.to_deadline()
+    assert again.seq == seq and pb.c.retransmits == 1
+    pb.now += 1.0
+    pb.resp(target(T_ISN + 1, seq + 10, ACK))                    # acks a segment sent twice: no sample
+    assert sess.srtt == pytest.approx(0.3)
+
+
 def test_retransmission_carries_the_current_ack():
     pb = Playbook()
     handshake(pb)
