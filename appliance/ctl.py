@@ -42,7 +42,10 @@ DROP_COUNTERS = ("client_no_session", "client_late", "capture_gaps", "buffer_ove
                  "bad_frames", "malformed", "no_transfer", "sessions_timed_out", "sessions_skipped_paused",
                  "sessions_skipped_sampled", "sessions_lost_in_restarts", "queue_drops", "kernel_drops",
                  "batches_lost", "not_ip", "intercept_fields_dropped", "oversized", "unknown_interface",
-                 "link_unsupported", "midstream_refused", "target_resets_ignored")
+                 "link_unsupported", "midstream_refused", "target_resets_ignored", "closes_forced")
+# what the engine did to keep a session whole when the traffic or the target did not play along
+REPAIR_COUNTERS = ("port_reuse_moves", "restarts", "syn_retransmits", "target_stale_resets", "target_isn_changes",
+                   "target_resets_challenged", "retransmits", "fast_retransmits", "chunks_coalesced")
 MAX_SHOWN = 300            # characters of one string of the status document printed
 
 
@@ -142,6 +145,9 @@ def format_status(data: dict) -> str:
                 drops[k] = drops.get(k, 0) + role_totals[k]
     if drops:
         lines += ["", "drops and give-ups: " + ", ".join(f"{k} {v}" for k, v in drops.items())]
+    repairs = {k: total[k] for k in REPAIR_COUNTERS if total.get(k)}
+    if repairs:
+        lines.append("repairs: " + ", ".join(f"{k} {v}" for k, v in repairs.items()))
     bad = {k: v for k, v in sup.get("bad_frames", {}).items() if v}
     if bad:
         lines.append("supervisor refused frames: " + ", ".join(f"{k} {v}" for k, v in bad.items()))

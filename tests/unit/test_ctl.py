@@ -135,3 +135,12 @@ def test_a_runtime_change_is_applied_once_every_running_child_echoes_its_number(
     assert settings_applied(doc, 3)                     # a child in backoff gets it when it starts
     doc["children"][0]["settings_seq"] = None           # a child that never said
     assert not settings_applied(doc, 3)
+
+
+def test_status_names_the_replays_repairs_and_give_ups():
+    doc = status_doc()
+    doc["totals"]["rewrite"] = {"port_reuse_moves": 7, "target_stale_resets": 2, "closes_forced": 1,
+                                "midstream_refused": 3, "chunks_coalesced": 0}
+    text = format_status(doc)
+    assert "repairs: port_reuse_moves 7, target_stale_resets 2" in text
+    assert "closes_forced 1" in text and "midstream_refused 3" in text and "chunks_coalesced" not in text
