@@ -86,6 +86,14 @@ class _Chunks:
         self.buf = rest + self.f.read(max(need - len(rest), CHUNK))
         return self.buf
 
+    def next_header(self, at: int, size: int, path: str, what: str) -> bytes:
+        """`refill` for the fixed-size header that starts at `at`: b"" at a clean end of the file,
+        PcapError when the file ends inside it."""
+        buf = self.refill(at, size)
+        if buf and len(buf) < size:
+            raise PcapError(path, self.base, f"truncated {what} ({len(buf)} of {size} bytes)")
+        return buf
+
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISDIR, "a directory"),
           (stat.S_ISSOCK, "a socket"))
@@ -159,11 +167,9 @@ def _pcap(path: str, src: _Chunks, frames: bool,
     at = 24
     while True:
         if at + 16 > len(buf):
-            buf, at = src.refill(at, 16), 0
+            buf, at = src.next_header(at, 16, path, "record header"), 0
             if not buf:
                 return
-            if len(buf) < 16:
-                raise PcapError(path, src.base, f"truncated record header ({len(buf)} of 16 bytes)")
         sec, frac, caplen, _orig = header.unpack_from(buf, at)
         if caplen > MAX_RECORD:
             raise PcapError(path, src.base + at, f"corrupt record header (captured length {caplen})")
@@ -209,11 +215,9 @@ def _pcapng(path: str, src: _Chunks, frames: bool,
     buf, at, last_ts = src.buf, 0, 0
     while True:
         if at + 12 > len(buf):
-            buf, at = src.refill(at, 12), 0
+            buf, at = src.next_header(at, 12, path, "block header"), 0
             if not buf:
                 return
-            if len(buf) < 12:
-                raise PcapError(path, src.base, f"truncated block header ({len(buf)} of 12 bytes)")
         btype, blen = lay.head.unpack_from(buf, at)
         if btype == BT_SHB:
             order = PCAPNG_ORDERS.get(buf[at + 8:at + 12])

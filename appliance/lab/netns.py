@@ -315,6 +315,19 @@ class Lab:
         _run(["ip", "netns", "exec", ns, "ethtool", "-K", iface, *features])
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> int | None:
+    """SIGTERM to a process this lab started, SIGKILL if it is not gone after `timeout`; its exit
+    code. Idempotent."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(KILL_WAIT_SECONDS)
+    return proc.returncode
+
+
 def _stop_pids(pids: set[int], grace_seconds: float) -> None:
     """SIGTERM each pid, wait up to grace_seconds for all to go (zombies count as gone), SIGKILL the rest."""
     for pid in pids:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import resource
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from appliance.lab.netns import Lab
+from appliance.lab.netns import Lab, terminate
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -128,13 +127,7 @@ class Nginx:
             children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
         except psutil.NoSuchProcess:
             children = []
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        terminate(proc, STOP_TIMEOUT)
         for child in children:
             try:
                 child.kill()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.lab.netns import ADDR, Lab
+from appliance.lab.netns import ADDR, Lab, terminate
 from appliance.lab.nginx import Nginx
 from appliance.lab.records import Comparison, compare, load_records
 
@@ -284,13 +284,7 @@ class ReplicationRig:
         proc = self.procs.get(name)
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(proc, timeout)
         if proc.stdout:
             proc.stdout.close()
         return proc.returncode
