@@ -11,7 +11,7 @@ APT_PACKAGES := libpcap-dev ethtool tcpdump iproute2 iputils-ping python3-venv p
 # Packages install under a temporary policy-rc.d that exits 101: no service they bring starts.
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
 
-.PHONY: setup test demo lab-down perf packages images packaging-setup test-packaging
+.PHONY: setup test lint demo lab-down perf packages images packaging-setup test-packaging
 
 # apt_ensure again: packages added to APT_PACKAGES after the venv was made are installed too
 setup: $(STAMP)
@@ -50,8 +50,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # everything, the packaging tests (marker `packaging`: packages, images) included
-test: setup packaging-setup
+test: setup packaging-setup lint
 	$(VENV)/bin/pytest -q
+
+# ruff (pyflakes, pycodestyle, bugbear, pyupgrade, the banned APIs of pyproject.toml) everywhere;
+# mypy --strict on the session engine and the shared core
+MYPY_STRICT := appliance/engine appliance/packet.py appliance/wire.py appliance/flowkey.py appliance/lifecycle.py \
+	appliance/transfer.py appliance/config.py appliance/settings.py appliance/pcapfile.py appliance/errors.py
+lint: setup
+	$(VENV)/bin/ruff check appliance workers bin perf tests
+	$(VENV)/bin/mypy --strict $(MYPY_STRICT)
 
 demo: setup
 	$(VENV)/bin/tcpcopy-lab demo

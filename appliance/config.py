@@ -15,6 +15,7 @@ import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from appliance.settings import Setting, auto_workers
@@ -26,7 +27,7 @@ DEFAULT_RUN_DIR = "/run/tcpcopy-py"
 MAX_CONFIG_BYTES = 16 << 20          # the sample is 5 KB; a full 65536-address client_pool list ~1.2 MB
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CaptureSpec:
     index: int
     interface: str
@@ -40,7 +41,7 @@ class CaptureSpec:
     batch_max: int = 512
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RewriteSpec:
     index: int
     shards: int
@@ -57,7 +58,7 @@ class RewriteSpec:
     verify_midstream: bool = False       # live capture on the online host: see SessionTable.accepted_online
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReaderSpec:
     run_dir: str
     shards: int
@@ -181,12 +182,12 @@ def resolve(table: tuple[Setting, ...], from_file: Values, from_cli: Values, pat
             flag = f" ({setting.flags[0]})" if setting.flags else ""
             raise ConfigError(f"{setting.section}.{setting.key}{flag} is required: {setting.help}")
         raws[setting.name] = (raw, origin)
-        out[setting.name] = _checked(lambda: setting.check(raw), setting.key, raw, origin)
+        out[setting.name] = _checked(partial(setting.check, raw), setting.key, raw, origin)
     for setting in table:
         cross = setting.cross_check
         if cross is not None:
             raw, origin = raws[setting.name]
-            _checked(lambda: cross(out[setting.name], out), setting.key, raw, origin)
+            _checked(partial(cross, out[setting.name], out), setting.key, raw, origin)
     return out
 
 
@@ -210,6 +211,8 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         gap_timeout=v["session.gap_timeout"], buffer_limit=v["session.buffer_limit_mb"] << 20,
         max_restarts=v["session.max_restarts"], max_sessions=v["session.max_sessions"]))
     transfers = v["tcpcopyd.transfer"]
+    control_group, user = _control_group(v["tcpcopyd.control_group"]), _user(v["tcpcopyd.user"])
+    secret_key, intercept_public_key = _curve_client(v)      # checked last, as before: keys need the user
     return OnlineConfig(
         transfers=transfers, intercepts=v["tcpcopyd.intercepts"], interfaces=v["tcpcopyd.interfaces"],
         bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)), workers=v["tcpcopyd.workers"] or auto_workers(),
@@ -219,9 +222,8 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         log_level=v["tcpcopyd.log_level"], metrics_listen=v["tcpcopyd.metrics_listen"],
         graceful_timeout=v["supervisor.graceful_timeout"], startsecs=v["supervisor.startsecs"],
         startretries=v["supervisor.startretries"], source=source,
-        control_group=_control_group(v["tcpcopyd.control_group"]),
-        user=_user(v["tcpcopyd.user"]), verify_midstream=v["tcpcopyd.midstream"] == "verify",
-        **_curve_client(v))
+        control_group=control_group, user=user, verify_midstream=v["tcpcopyd.midstream"] == "verify",
+        secret_key=secret_key, intercept_public_key=intercept_public_key)
 
 
 def _user(name: str) -> str:
@@ -284,18 +286,19 @@ def _control_group(name: str) -> str:
     return name
 
 
-def _curve_client(v: Values) -> dict[str, str]:
-    """The key files of tcpcopyd's side, checked now so a missing key stops the start. The rewrite
-    workers read them after the supervisor became `user`, so that user must be able to read them."""
+def _curve_client(v: Values) -> tuple[str, str]:
+    """The key files of tcpcopyd's side (secret, interceptd's public), checked now so a missing key
+    stops the start. The rewrite workers read them after the supervisor became `user`, so that user
+    must be able to read them. Empty names: plaintext."""
     if v["security.insecure"]:
-        return {"secret_key": "", "intercept_public_key": ""}
+        return "", ""
     from appliance.curve import load_public, load_secret
     secret, public = v["security.secret_key"], v["security.intercept_public_key"]
     load_secret(secret, "[security] secret_key")
     load_public(public, "[security] intercept_public_key")
     _readable_by(v["tcpcopyd.user"], secret, "[security] secret_key")
     _readable_by(v["tcpcopyd.user"], public, "[security] intercept_public_key")
-    return {"secret_key": secret, "intercept_public_key": public}
+    return secret, public
 
 
 def intercept_config(v: Values) -> InterceptConfig:

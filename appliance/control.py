@@ -151,11 +151,11 @@ def summary_line(rows: list[dict]) -> tuple[str, bool]:
     f = funnel(rows)
     started = f["sessions_started"]
     weak = started >= 10 and f["sessions_established"] < 0.8 * started
-    line = ("captured %(captured)d kernel_drops %(kernel_drops)d queue_drops %(queue_drops_capture)d "
-            "sent %(sent_packets)d send_errors %(send_errors)d sessions %(sessions_started)d/"
-            "%(sessions_established)d/%(sessions_completed)d (started/established/completed) "
-            "handshake_timeouts %(handshake_timeouts)d capture_gaps %(capture_gaps)d "
-            "responses %(response_headers)d lost_batches %(response_batches_lost)d") % f
+    line = ("captured {captured} kernel_drops {kernel_drops} queue_drops {queue_drops_capture} "
+            "sent {sent_packets} send_errors {send_errors} sessions {sessions_started}/"
+            "{sessions_established}/{sessions_completed} (started/established/completed) "
+            "handshake_timeouts {handshake_timeouts} capture_gaps {capture_gaps} "
+            "responses {response_headers} lost_batches {response_batches_lost}").format_map(f)
     return line, weak
 
 

@@ -18,6 +18,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 import zmq
 from zmq.utils import z85
@@ -230,7 +231,7 @@ def keygen(directory: str, name: str, force: bool = False) -> tuple[Path, Path]:
 
 
 # ---- sockets ----------------------------------------------------------------------------------
-def make_server(sock: zmq.Socket, secret_file: str) -> None:
+def make_server(sock: zmq.Socket[Any], secret_file: str) -> None:
     """Runs in interceptd: the PUB socket becomes a CURVE server (call before bind)."""
     public, secret = load_secret(secret_file, "secret_key")
     sock.curve_secretkey = secret
@@ -238,7 +239,7 @@ def make_server(sock: zmq.Socket, secret_file: str) -> None:
     sock.curve_server = True
 
 
-def make_client(sock: zmq.Socket, secret_file: str, server_public_file: str) -> None:
+def make_client(sock: zmq.Socket[Any], secret_file: str, server_public_file: str) -> None:
     """Runs in each tcpcopyd rewrite worker: the SUB socket talks CURVE (call before connect)."""
     public, secret = load_secret(secret_file, "secret_key")
     sock.curve_secretkey = secret
@@ -255,7 +256,7 @@ class KeyChecker:
 
     ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
-    def __init__(self, context: zmq.Context, authorized_dir: str) -> None:
+    def __init__(self, context: zmq.Context[Any], authorized_dir: str) -> None:
         if not os.path.isdir(authorized_dir):
             raise ConfigError(f"authorized_keys {authorized_dir!r}: no such directory of tcpcopyd public keys")
         self.dir = authorized_dir

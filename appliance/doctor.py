@@ -14,8 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
-CAP_NET_ADMIN = 12
-CAP_NET_RAW = 13
+from appliance.privileges import CAP_NET_ADMIN, CAP_NET_RAW, effective_capabilities
+
 CONNTRACK_HEADROOM = 0.8
 
 
@@ -64,11 +64,7 @@ class LocalProbe:
         return list(found[0].get("state", [])) if found else None
 
     def capabilities(self) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-        return 0
+        return effective_capabilities()
 
     def tcp_connect(self, host: str, port: int, timeout: float) -> str | None:
         try:

@@ -95,7 +95,8 @@ class TcpOptions:
 
 
 def ip_to_int(text: str) -> int:
-    return _U32.unpack(socket.inet_aton(text))[0]
+    value: int = _U32.unpack(socket.inet_aton(text))[0]
+    return value
 
 
 def int_to_ip(value: int) -> str:
@@ -148,7 +149,8 @@ def parse_options(options: bytes) -> TcpOptions:
 def ts_val_of(options: bytes) -> int | None:
     """The timestamp option's TSval, or None; the usual NOP, NOP, TS layout without a walk."""
     if len(options) == 12 and options[2] == OPT_TIMESTAMP and options[0] == OPT_NOP and options[3] == 10:
-        return _U32.unpack_from(options, 4)[0]
+        value: int = _U32.unpack_from(options, 4)[0]
+        return value
     return parse_options(options).ts_val if options else None
 
 

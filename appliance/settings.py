@@ -41,7 +41,8 @@ def worker_count(value: Any) -> int:
     """A number of workers, or "auto" (0 here; `auto_workers` picks the number at start)."""
     if value == "auto":
         return 0
-    return _workers_range(value)
+    count: int = _workers_range(value)
+    return count
 
 
 def auto_workers() -> int:
@@ -114,10 +115,10 @@ def text(value: Any) -> str:
 
 def plain_text(value: Any) -> str:
     """A string without NUL (a path, a user name, a filter): C would cut it at the NUL."""
-    value = text(value)
-    if "\0" in value:
+    checked = text(value)
+    if "\0" in checked:
         raise ValueError("must not contain a NUL character")
-    return value
+    return checked
 
 
 def choice(*options: str) -> Check:
@@ -145,17 +146,17 @@ def word_list(value: Any) -> tuple[str, ...]:
 
 def listen_address(value: Any) -> str:
     """"" (off) or HOST:PORT."""
-    value = text(value)
-    if not value:
+    address = text(value)
+    if not address:
         return ""
-    host, sep, port = value.rpartition(":")
+    host, sep, port = address.rpartition(":")
     if not sep or not _INTEGER_TEXT.fullmatch(port) or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT with a port 1-65535, or empty to turn it off")
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address") from None
-    return value
+    return address
 
 
 MAX_POOL = 65536
@@ -265,12 +266,12 @@ def bpf_compiles(expression: str, link_type: str) -> bool:
 
 
 def bpf_filter(value: Any) -> str:
-    value = plain_text(value)
+    expression = plain_text(value)
     try:
-        value.encode()
+        expression.encode()
     except UnicodeEncodeError:
         raise ValueError("is not valid UTF-8") from None
-    return value
+    return expression
 
 
 def compiles_on(interfaces_key: str) -> CrossCheck:

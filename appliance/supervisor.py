@@ -107,17 +107,21 @@ class Supervisor:
                          oneshot=oneshot)
 
         for k in range(n):   # rewrite workers bind their queues, so they go first
-            spec = RewriteSpec(k, n, c.run_dir, c.transfers, c.engine, rews[k], c.sample_rate, c.client_pool,
-                               c.copies, c.intercepts, c.secret_key, c.intercept_public_key,
+            spec = RewriteSpec(index=k, shards=n, run_dir=c.run_dir, transfers=c.transfers, engine=c.engine,
+                               cpus=rews[k], sample_rate=c.sample_rate, client_pool=c.client_pool, copies=c.copies,
+                               intercepts=c.intercepts, secret_key=c.secret_key,
+                               intercept_public_key=c.intercept_public_key,
                                verify_midstream=c.verify_midstream and not c.offline)
             self.children.append(child("rewrite", k, "workers.rewrite:main", spec, rews[k]))
         if c.offline:
-            spec_o = ReaderSpec(c.run_dir, n, c.transfers, c.offline, c.speed, c.max_gap_ms, self.offline_packets,
-                                sys.stderr.isatty(), caps[0] if caps else ())
+            spec_o = ReaderSpec(run_dir=c.run_dir, shards=n, transfers=c.transfers, files=c.offline, speed=c.speed,
+                                max_gap_ms=c.max_gap_ms, total_packets=self.offline_packets,
+                                progress=sys.stderr.isatty(), cpus=caps[0] if caps else ())
             self.children.append(child("reader", 0, "workers.reader:main", spec_o, caps[0] if caps else (), True))
             return
         for i, iface in enumerate(c.interfaces):
-            spec_c = CaptureSpec(i, iface, c.bpf, n, c.run_dir, caps[i], buffer_bytes=c.buffer_bytes)
+            spec_c = CaptureSpec(index=i, interface=iface, bpf=c.bpf, shards=n, run_dir=c.run_dir, cpus=caps[i],
+                                 buffer_bytes=c.buffer_bytes)
             self.children.append(child("capture", i, "workers.capture:main", spec_c, caps[i]))
 
     # ---- life cycle -------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 VERSION = 1
 
@@ -149,7 +150,7 @@ def iter_batch(frame: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
     return iter(decode_batch(frame)[1])
 
 
-def encode_json(kind: int, obj: dict) -> bytes:
+def encode_json(kind: int, obj: dict[str, Any]) -> bytes:
     """A JSON frame; WireError for what `decode_json` would refuse (too big, NaN or infinity)."""
     try:
         body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
@@ -182,7 +183,7 @@ def _json_constant(text: str) -> float:
 
 def _check_depth(obj: object) -> None:
     """Iterative, so a deep document cannot exhaust the stack of whoever re-encodes it."""
-    stack = [(obj, 1)]
+    stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
@@ -191,7 +192,7 @@ def _check_depth(obj: object) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
-def decode_json(frame: bytes, kind: int) -> dict:
+def decode_json(frame: bytes, kind: int) -> dict[str, Any]:
     """The one decoder of JSON frames read from a socket, in every process: a dict, or WireError for
     any bad input (size, version, kind, syntax, encoding, nesting, numbers out of range)."""
     if len(frame) < 2 or len(frame) > MAX_JSON_MESSAGE:

@@ -69,7 +69,7 @@ def main() -> None:
         table.target_segment(parse_ipv4_tcp(answers[0], keep_payload=False), now)
         table.flush(now)
         table.client_segment(parse_ipv4_tcp(flow[1]), TARGET, 8080, now)
-        for pkt, answer in zip(flow[2:], answers[1:]):
+        for pkt, answer in zip(flow[2:], answers[1:], strict=False):
             table.client_segment(parse_ipv4_tcp(pkt), TARGET, 8080, now)
             table.flush(now)
             table.target_segment(parse_ipv4_tcp(answer, keep_payload=False), now)

@@ -18,11 +18,12 @@ import setproctitle
 import zmq
 
 from appliance import wire
+from appliance.lifecycle import HEARTBEAT_INTERVAL
 from appliance.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-STATS_INTERVAL = 1.0
+STATS_INTERVAL = HEARTBEAT_INTERVAL   # the supervisor kills a child that misses three (lifecycle)
 SETTINGS_INTERVAL = 0.05   # runtime settings are looked for this often, not on every loop turn
 YOUNG = 3.0                # seconds: a child that exits younger says its last counters again ...
 YOUNG_REPEAT = 0.5         # ... for this long

@@ -130,7 +130,7 @@ class RawSender:
     def _send_batch(self) -> None:
         assert self._sendmmsg is not None
         msgs, iovs, base, iov_at, slot = self._msgs_view, self._iovs_view, self._data_at, self._iovs_at, self.slot
-        for i, (n, dst) in enumerate(zip(self._lengths, self._dsts)):
+        for i, (n, dst) in enumerate(zip(self._lengths, self._dsts, strict=True)):
             _IOVEC.pack_into(iovs, i * 16, base + i * slot, n)
             _MMSG.pack_into(msgs, i * 64, self._name(dst)[1], 16, iov_at + i * 16, 1)
         at, total = 0, self.count
@@ -144,7 +144,7 @@ class RawSender:
                 at += done
 
     def _send_one_by_one(self) -> None:
-        for i, (n, dst) in enumerate(zip(self._lengths, self._dsts)):
+        for i, (n, dst) in enumerate(zip(self._lengths, self._dsts, strict=True)):
             try:
                 self.sock.sendto(self.buffer[i * self.slot:i * self.slot + n], (self._name(dst)[2], 0))
                 self.sent += 1

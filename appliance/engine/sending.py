@@ -1,25 +1,56 @@
 """The sending half of a session: turns, window, retransmission, ACKs and resets to the target.
 
-A mixin of `Session` (appliance/engine/session.py), split out to keep each module small; it owns
-no state of its own. Sans-io like the rest of the engine: it appends `Emit` commands.
+The base class of `Session` (appliance/engine/session.py), split out to keep each module small. It
+owns the slots it writes; what it only reads is declared below and set by `Session`. Sans-io like the
+rest of the engine: it appends `Emit` commands.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import deque
 
-from appliance.engine.model import Emit, State
-from appliance.engine.stream import INF, NO_CHUNKS, Chunk, queued
+from appliance.engine.model import Emit, Key, State
+from appliance.engine.params import EngineCounters, EngineParams
+from appliance.engine.stream import INF, NO_CHUNKS, Chunk, ClientStream, queued
 from appliance.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
 
-if TYPE_CHECKING:
-    from appliance.engine.session import Session as _Base
-else:
-    _Base = object
 
+class Sender:
+    __slots__ = ("state", "closed_at", "ip_id", "snd_nxt", "inflight", "inflight_bytes", "persist_at", "rto_at",
+                 "ack_pending", "fin_sent", "last_ts_val", "held_since", "resp_at_release")
 
-class Sender(_Base):
-    __slots__ = ()
+    # written here (the slots above)
+    state: State
+    closed_at: float
+    ip_id: int
+    snd_nxt: int
+    inflight: deque[Chunk] | tuple[Chunk, ...]
+    inflight_bytes: int
+    persist_at: float
+    rto_at: float
+    ack_pending: bool
+    fin_sent: bool
+    last_ts_val: int
+    held_since: float
+    resp_at_release: int
+    # only read here: set by Session
+    key: Key
+    p: EngineParams
+    c: EngineCounters
+    out: list[Emit]
+    stream: ClientStream
+    client_isn: int
+    snd_una: int
+    snd_wnd: int
+    rcv_nxt: int
+    rto: float
+    payload_max: int
+    resp_bytes: int
+    last_resp_data: float
+    last_target: float
+    target_fin: bool
+    ts_ok: bool
+    ts_recent: int
 
     def pump(self, now: float) -> None:
         """Send what the turn, the window and the stream allow; then any pending ACK."""

@@ -13,7 +13,6 @@ quiet pause after some), but never longer than `max_lag` after it was captured.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from collections.abc import Callable
 
 from appliance.engine.model import Emit, Key, State
@@ -36,13 +35,11 @@ RST_WINDOW = 65535 << 14
 class Session(Sender):
     """State of one client connection and of its replica connection on the target."""
 
-    __slots__ = ("key", "p", "c", "out", "rekey", "state", "created", "last_client", "last_target", "closed_at", "deadline",
-                 "restarts", "ip_id", "stream", "client_isn", "snd_una", "snd_nxt", "inflight", "inflight_bytes",
-                 "syn_options", "syn_window", "syn_sent_at", "syn_rto_at", "syn_interval", "rcv_nxt",
-                 "resp_bytes", "resp_at_release", "last_resp_data", "snd_wnd", "snd_wl1", "snd_wl2",
-                 "target_wscale", "ts_ok", "ts_recent", "last_ts_val", "payload_max", "rto", "srtt", "rttvar", "rto_at",
-                 "persist_at", "dupacks", "recover", "recovering", "fin_sent", "target_fin", "ack_pending",
-                 "held_since")
+    __slots__ = ("key", "p", "c", "out", "rekey", "created", "last_client", "last_target", "deadline",
+                 "restarts", "stream", "client_isn", "snd_una", "syn_options", "syn_window", "syn_sent_at",
+                 "syn_rto_at", "syn_interval", "rcv_nxt", "resp_bytes", "last_resp_data", "snd_wnd",
+                 "snd_wl1", "snd_wl2", "target_wscale", "ts_ok", "ts_recent", "payload_max", "rto", "srtt",
+                 "rttvar", "dupacks", "recover", "recovering", "target_fin")
 
     def __init__(self, key: Key, params: EngineParams, counters: EngineCounters, out: list[Emit],
                  now: float, rekey: Rekey | None = None) -> None:
@@ -73,7 +70,7 @@ class Session(Sender):
         self.client_isn = 0
         self.snd_una = 0
         self.snd_nxt = 0
-        self.inflight: deque[Chunk] | tuple[()] = NO_CHUNKS
+        self.inflight = NO_CHUNKS
         self.inflight_bytes = 0
         self.syn_options = b""
         self.syn_window = 65535
@@ -513,13 +510,16 @@ class Session(Sender):
         sess.inflight, sess.syn_options = NO_CHUNKS, b""
         stream.c, stream.unsent, stream.ooo = counters, NO_CHUNKS, NO_OOO
         at = 0
-        for owner, names in ((sess, _FLOATS), (stream, _STREAM_FLOATS), (sess, _INTS), (stream, _STREAM_INTS)):
+        numbers: tuple[tuple[object, tuple[str, ...]], ...] = (
+            (sess, _FLOATS), (stream, _STREAM_FLOATS), (sess, _INTS), (stream, _STREAM_INTS))
+        flags: tuple[tuple[object, tuple[str, ...]], ...] = ((sess, _BOOLS), (stream, _STREAM_BOOLS))
+        for owner, names in numbers:
             for name in names:
                 setattr(owner, name, values[at])
                 at += 1
         stream.online_base = None if values[at] == -1 else values[at]
         at += 1
-        for owner, names in ((sess, _BOOLS), (stream, _STREAM_BOOLS)):
+        for owner, names in flags:
             for name in names:
                 setattr(owner, name, values[at])
                 at += 1
@@ -529,7 +529,8 @@ class Session(Sender):
 
 def packed_deadline(packed: bytes) -> float:
     """The timer deadline of a hibernated session, without reviving it."""
-    return _DEADLINE.unpack_from(packed)[0]
+    deadline: float = _DEADLINE.unpack_from(packed)[0]
+    return deadline
 
 
 _FLOATS = ("deadline", "created", "last_client", "last_target", "closed_at", "syn_sent_at", "syn_rto_at",

@@ -26,7 +26,7 @@ NO_CHUNKS: tuple[()] = ()
 NO_OOO: Mapping[int, Chunk] = MappingProxyType({})
 
 
-def queued(queue: deque[Chunk] | tuple[()], chunk: Chunk) -> deque[Chunk]:
+def queued(queue: deque[Chunk] | tuple[Chunk, ...], chunk: Chunk) -> deque[Chunk]:
     """`queue` with `chunk` appended: an empty one (NO_CHUNKS, or a drained deque) becomes a new deque."""
     if not queue:
         queue = deque()
@@ -61,7 +61,7 @@ class ClientStream:
     def __init__(self, counters: EngineCounters) -> None:
         self.c = counters
         self.end = 0                         # next client seq expected (end of the contiguous part)
-        self.unsent: deque[Chunk] | tuple[()] = NO_CHUNKS
+        self.unsent: deque[Chunk] | tuple[Chunk, ...] = NO_CHUNKS
         self.ooo: dict[int, Chunk] | Mapping[int, Chunk] = NO_OOO
         self.unsent_bytes = 0
         self.ooo_bytes = 0

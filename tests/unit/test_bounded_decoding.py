@@ -159,7 +159,7 @@ def test_worker_0s_heartbeat_stays_encodable_whatever_interceptds_report(channel
     """The heartbeat carries every kept report; before the bounds a single 1 MiB `pid` made it
     unencodable (the worker died on every heartbeat), and `status` then failed in the supervisor."""
     longest = "f" * MAX_FILTER_CHARS
-    counters = {("k%02d" % i) * 12: (1 << 63) - 1 for i in range(MAX_COUNTERS_KEPT)}
+    counters = {f"k{i:02d}" * 12: (1 << 63) - 1 for i in range(MAX_COUNTERS_KEPT)}
     for i in range(MAX_INTERCEPTS_SHOWN + 5):
         channel._on_intercept_stats(report(f"{i:016x}", filter=longest, counters=counters,
                                            pid="p" * (wire.MAX_JSON_FRAME - 10_000)))
@@ -173,7 +173,7 @@ def test_worker_0s_heartbeat_stays_encodable_whatever_interceptds_report(channel
 # ---- ZMQ_MAXMSGSIZE on every socket ---------------------------------------------------------------
 def test_frame_size_limits_fit_the_largest_legitimate_frames():
     from workers.reader import BATCH
-    spec = CaptureSpec(0, "eth0", "tcp", 1, "/run/x")
+    spec = CaptureSpec(index=0, interface="eth0", bpf="tcp", shards=1, run_dir="/run/x")
     largest_segments = wire.BATCH_HEADER.size + spec.batch_max * (wire.RECORD_HEADER.size + spec.snaplen)
     assert largest_segments <= wire.MAX_SEGMENT_MESSAGE and BATCH <= wire.MAX_SEGMENT_RECORDS
     assert spec.snaplen <= wire.MAX_RECORD_BYTES

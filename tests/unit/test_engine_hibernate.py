@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
+from appliance.engine.sending import Sender
 from appliance.engine.session import _BOOLS, _FLOATS, _INTS, _STREAM_BOOLS, _STREAM_FLOATS, _STREAM_INTS, NOT_PACKED, Session
 from appliance.engine.stream import ClientStream
 from appliance.packet import ACK, FIN, PSH, SYN
@@ -14,7 +15,7 @@ SYN_OPTIONS = b"\x02\x04\x05\xb4\x04\x02\x08\x0a\x00\x00\x00\x10\x00\x00\x00\x00
 
 def test_every_slot_is_packed_or_restored():
     packed = set(_FLOATS + _INTS + _BOOLS + _STREAM_FLOATS + _STREAM_INTS + _STREAM_BOOLS)
-    slots = set(Session.__slots__) | set(ClientStream.__slots__)
+    slots = set(Session.__slots__) | set(Sender.__slots__) | set(ClientStream.__slots__)
     assert slots == packed | NOT_PACKED, "a new slot must be added to the hibernation lists"
     assert not packed & NOT_PACKED
 
@@ -85,7 +86,7 @@ def test_stale_timer_entries_do_not_pile_up():
     pb = Playbook(hibernate_after=0.0)
     pb.establish()
     seq = C_ISN + 1
-    for i in range(5000):                   # every request moves the idle deadline
+    for _ in range(5000):                   # every request moves the idle deadline
         pb.now += 0.001
         pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"x"))
         seq += 1

@@ -40,7 +40,7 @@ def connect(srv: MetricsServer, n: int = 1, now: float = 0.0) -> list[socket.soc
     for _ in range(n):
         expected = len(srv._clients) + srv.refused + 1
         out.append(socket.create_connection(srv.address, timeout=5))
-        serve_until(srv, lambda: len(srv._clients) + srv.refused == expected, now)
+        serve_until(srv, lambda want=expected: len(srv._clients) + srv.refused == want, now)
     return out
 
 

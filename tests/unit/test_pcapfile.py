@@ -204,7 +204,7 @@ def test_records_across_chunk_boundaries_read_the_same(tmp_path, monkeypatch, ch
     blobs = [pcap_bytes(), pcap_bytes(nano=True), pcapng_bytes(), multi]
     expected = [list(packets("f", blob)) for blob in blobs]
     monkeypatch.setattr(pcapfile, "CHUNK", chunk)
-    for blob, want in zip(blobs, expected):
+    for blob, want in zip(blobs, expected, strict=True):
         path = tmp_path / "f"
         path.write_bytes(blob)
         assert list(packets(str(path))) == want

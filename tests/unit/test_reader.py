@@ -40,7 +40,8 @@ def _replay(tmp_path, blob: bytes, pulls: list[zmq.Socket]) -> tuple[ReaderWorke
     """Run the reader over `blob` to its end; the IP packets the workers received."""
     path = tmp_path / "f.pcapng"
     path.write_bytes(blob)
-    reader = ReaderWorker(ReaderSpec(str(tmp_path), SHARDS, "8080-198.18.0.3:8080", (str(path),), speed=0.0))
+    reader = ReaderWorker(ReaderSpec(run_dir=str(tmp_path), shards=SHARDS, transfers="8080-198.18.0.3:8080", files=(str(path),),
+                                        speed=0.0))
     reader.ctx = zmq.Context()
     try:
         reader.stats_sock = reader.socket(zmq.PUB, connect=wire.stats_endpoint(str(tmp_path)))
@@ -91,7 +92,7 @@ def test_any_frame_is_taken_or_counted_never_a_crash(garbage, linktype, data):
         if frame:
             frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
     frame = frame[:data.draw(st.integers(0, len(frame)))]
-    reader = ReaderWorker(ReaderSpec("/nonexistent", SHARDS, "8080-198.18.0.3:8080", ()))
+    reader = ReaderWorker(ReaderSpec(run_dir="/nonexistent", shards=SHARDS, transfers="8080-198.18.0.3:8080", files=()))
     reader.builders = [wire.BatchBuilder(wire.KIND_SEGMENTS, 0) for _ in range(SHARDS)]
     reader._take(linktype, bytes(frame))
     assert reader.read == 1 and reader.kept + reader.not_ip + reader.malformed <= 1
