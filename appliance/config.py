@@ -209,7 +209,8 @@ def online_config(v: Values, source: str) -> OnlineConfig:
         session_timeout=v["session.session_timeout"], keepalive_timeout=v["session.keepalive_timeout"],
         max_lag=v["session.max_lag"], response_quiet=v["session.response_quiet"],
         gap_timeout=v["session.gap_timeout"], buffer_limit=v["session.buffer_limit_mb"] << 20,
-        max_restarts=v["session.max_restarts"], max_sessions=v["session.max_sessions"]))
+        max_restarts=v["session.max_restarts"], max_sessions=v["session.max_sessions"],
+        shed_lag=v["session.shed_lag"]))
     transfers = v["tcpcopyd.transfer"]
     control_group, user = _control_group(v["tcpcopyd.control_group"]), _user(v["tcpcopyd.user"])
     secret_key, intercept_public_key = _curve_client(v)      # checked last, as before: keys need the user

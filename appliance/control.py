@@ -132,6 +132,7 @@ def funnel(rows: list[dict]) -> dict[str, Any]:
         "sessions_lost_in_restarts": rew.get("sessions_lost_in_restarts", 0),
         "handshake_timeouts": rew.get("handshake_timeouts", 0),
         "capture_gaps": rew.get("capture_gaps", 0),
+        "sessions_shed": rew.get("sessions_shed", 0),
     }
     in_flight = stages["captured"] - stages["queue_drops_capture"] - stages["handed_to_workers"]
     stages["in_queues"] = max(0, in_flight)
@@ -141,7 +142,8 @@ def funnel(rows: list[dict]) -> dict[str, Any]:
               ("target handshake", stages["handshake_timeouts"]),
               ("captured stream (gaps)", stages["capture_gaps"]),
               ("intercept -> tcpcopyd (response batches)", stages["response_batches_lost"]),
-              ("worker restarts", stages["sessions_lost_in_restarts"])]
+              ("worker restarts", stages["sessions_lost_in_restarts"]),
+              ("worker overload (new sessions shed)", stages["sessions_shed"])]
     stages["lost_at"] = [name for name, lost in checks if lost]
     return stages
 

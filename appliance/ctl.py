@@ -42,7 +42,8 @@ DROP_COUNTERS = ("client_no_session", "client_late", "capture_gaps", "buffer_ove
                  "bad_frames", "malformed", "no_transfer", "sessions_timed_out", "sessions_skipped_paused",
                  "sessions_skipped_sampled", "sessions_lost_in_restarts", "queue_drops", "kernel_drops",
                  "batches_lost", "not_ip", "intercept_fields_dropped", "oversized", "unknown_interface",
-                 "link_unsupported", "midstream_refused", "target_resets_ignored", "closes_forced")
+                 "link_unsupported", "midstream_refused", "target_resets_ignored", "closes_forced",
+                 "sessions_shed")
 # what the engine did to keep a session whole when the traffic or the target did not play along
 REPAIR_COUNTERS = ("port_reuse_moves", "restarts", "syn_retransmits", "target_stale_resets", "target_isn_changes",
                    "target_resets_challenged", "retransmits", "fast_retransmits", "chunks_coalesced")

@@ -354,6 +354,9 @@ ONLINE: tuple[Setting, ...] = (
             ("--buffer-limit-mb",)),
     Setting("session", "max_restarts", 3, integer(0, 100), "new target connections for one client session",
             ("--max-restarts",)),
+    Setting("session", "shed_lag", 0.5, number(0.0, 600),
+            "overload: while a worker is this many seconds behind its capture it starts no new session "
+            "(sessions_shed), so the sessions it started still complete; 0: never", ("--shed-lag",)),
     Setting("session", "max_sessions", 100_000, integer(100, 10_000_000),
             "sessions tracked per worker (about 3 KiB each); beyond it the oldest are reset and forgotten",
             ("--max-sessions",)),

@@ -84,6 +84,7 @@ STATUS: dict[str, Any] = {
         "sessions_lost_in_restarts": ("int", "open sessions of workers that died"),
         "handshake_timeouts": ("int", "SYNs never answered (route, assistant, filter?)"),
         "capture_gaps": ("int", "holes in captured streams that never filled"),
+        "sessions_shed": ("int", "new sessions not started: the worker was too far behind (overload)"),
         "lost_at": ("list", "names of the stages that lost anything, in pipeline order"),
     },
     "intercepts": ("dict", "interceptd instance -> {pid, filter, counters, age}"),

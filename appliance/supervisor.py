@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import setproctitle
@@ -106,8 +106,10 @@ class Supervisor:
             return Child(role, index, entry, spec_to_json(spec), cpus, Lifecycle(c.startsecs, c.startretries),
                          oneshot=oneshot)
 
+        # a capture file waits for the workers: an offline replay is never overloaded, it only takes longer
+        engine = replace(c.engine, shed_lag=0.0) if c.offline else c.engine
         for k in range(n):   # rewrite workers bind their queues, so they go first
-            spec = RewriteSpec(index=k, shards=n, run_dir=c.run_dir, transfers=c.transfers, engine=c.engine,
+            spec = RewriteSpec(index=k, shards=n, run_dir=c.run_dir, transfers=c.transfers, engine=engine,
                                cpus=rews[k], sample_rate=c.sample_rate, client_pool=c.client_pool, copies=c.copies,
                                intercepts=c.intercepts, secret_key=c.secret_key,
                                intercept_public_key=c.intercept_public_key,

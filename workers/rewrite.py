@@ -60,6 +60,8 @@ class RewriteWorker(Worker):
         self._unmatched_warned = 0
         self._next_handshake_warning = 0.0
         self._midstream_warned = 0
+        self._shed_warned = 0
+        self._next_shed_warning = 0.0
         self._next_midstream_warning = 0.0
 
     def setup(self) -> None:
@@ -122,6 +124,8 @@ class RewriteWorker(Worker):
         now = time.monotonic()
         wall_to_mono = now - time.time()
         table = self.table
+        if records:
+            table.backlog(now - (records[0][0] / 1e9 + wall_to_mono))     # the batch's oldest segment
         for ts_ns, packet in records:
             try:
                 seg = parse_ipv4_tcp(packet)
@@ -207,6 +211,13 @@ class RewriteWorker(Worker):
     def _warn_about_handshakes(self) -> None:
         """G8: a SYN the target never answers (as far as we can see) gets a hint, not silence."""
         c = self.table.counters
+        if c.sessions_shed > self._shed_warned and time.monotonic() >= self._next_shed_warning:
+            log.warning(
+                "%d new session(s) shed so far: this worker fell more than shed_lag behind its capture "
+                "(overload); the sessions it started go on. More workers or CPU, or a lower sample rate",
+                c.sessions_shed)
+            self._shed_warned = c.sessions_shed
+            self._next_shed_warning = time.monotonic() + 10.0
         if c.midstream_refused > self._midstream_warned and time.monotonic() >= self._next_midstream_warning:
             log.warning(
                 "%d connection(s) seen mid-stream were not replayed: this host's socket table does not hold "

@@ -33,6 +33,10 @@ class EngineParams:
     max_sessions: int = 100_000      # tracked per worker; beyond it the oldest is reset and forgotten
     reuse_wait: float = 2.0          # a new SYN on a closing session's port waits this long for it
     hibernate_after: float = 10.0    # an established session this long without traffic is packed (0: never)
+    # Overload: while the segments a worker takes were captured more than this long ago, it starts no new
+    # session (sessions_shed), so the ones it started still complete; it starts them again below half of
+    # it. 0: never shed.
+    shed_lag: float = 0.5
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ class EngineCounters:
     sessions_evicted: int = 0        # oldest sessions reset and forgotten: the table was full
     sessions_skipped_paused: int = 0 # not replayed: they started while replication was paused
     sessions_skipped_sampled: int = 0  # not replayed: outside the sample rate
+    sessions_shed: int = 0           # not replayed: the worker was too far behind its capture (overload)
     client_skipped: int = 0          # captured segments of connections not replayed (by choice)
     segments_sent: int = 0
     chunks_coalesced: int = 0        # captured segments sent inside an earlier one's segment (pipelined)

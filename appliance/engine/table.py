@@ -34,6 +34,7 @@ class SessionTable:
         self._dirty: dict[Key, Session] = {}
         self._timers: list[tuple[float, Key]] = []     # (when, key): the key breaks ties
         self.paused = False              # runtime: start no new sessions
+        self.shedding = False            # overload: start no new sessions (see backlog)
         self.sample_rate = 1.0           # runtime: share of new connections replayed
         self._skipped: dict[Key, float] = {}   # connections not replayed, by choice; last seen
         # new connections on a port whose previous session is still closing: (deadline, segments)
@@ -235,15 +236,29 @@ class SessionTable:
         return sum(s.buffered for s in self.sessions.values() if not isinstance(s, bytes))
 
     # ---- internals --------------------------------------------------------------------------
+    def backlog(self, lag: float) -> None:
+        """How far behind its capture the worker is (the oldest segment of the batch it takes now):
+        past `shed_lag` new sessions are shed, below half of it they are started again."""
+        limit = self.params.shed_lag
+        if not limit:
+            return
+        if lag > limit:
+            self.shedding = True
+        elif lag < limit / 2:
+            self.shedding = False
+
     def _replays(self, arrival: Key) -> bool:
         """Whether a new connection arriving on `arrival` would be replayed (no side effects)."""
-        return not self.paused and (self.sample_rate >= 1.0 or sample_point(arrival[0], arrival[1]) < self.sample_rate)
+        return not self.paused and not self.shedding and (
+            self.sample_rate >= 1.0 or sample_point(arrival[0], arrival[1]) < self.sample_rate)
 
     def _admit(self, key: Key, now: float, arrival: Key) -> bool:
         """Whether a new connection is replayed (sampled by the tuple it arrived on); one that is not
         is remembered under its session's `key` and ignored."""
         if self.paused:
             self.counters.sessions_skipped_paused += 1
+        elif self.shedding:
+            self.counters.sessions_shed += 1
         elif self.sample_rate < 1.0 and sample_point(arrival[0], arrival[1]) >= self.sample_rate:
             self.counters.sessions_skipped_sampled += 1
         else:

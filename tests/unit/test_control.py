@@ -70,6 +70,7 @@ def test_funnel_sums_by_role():
         "response_headers": 20, "response_batches_lost": 2, "responses_unmatched": 3,
         "sessions_started": 4, "sessions_established": 3, "sessions_completed": 2,
         "handshake_timeouts": 1, "capture_gaps": 1, "sessions_lost_in_restarts": 0, "in_queues": 0,
+        "sessions_shed": 0,
         "lost_at": ["capture (kernel ring)", "capture -> worker queue", "worker -> target (send errors)",
                     "target handshake", "captured stream (gaps)", "intercept -> tcpcopyd (response batches)"],
     }

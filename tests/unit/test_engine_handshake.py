@@ -345,3 +345,26 @@ def test_a_second_syn_ack_with_another_isn_replaces_the_first_before_anything_wa
     pb.resp(target(queued + 1, C_ISN + 6, ACK, 10))
     out = pb.resp(target(cookie, C_ISN + 1, SYN | ACK, options=MSS1460))
     assert brief(out) == [(ACK, C_ISN + 6, queued + 11, 0)] and pb.c.target_isn_changes == 1
+
+
+def test_a_worker_far_behind_its_capture_sheds_new_sessions_and_keeps_the_ones_it_has():
+    """Overload: past shed_lag behind, new connections are not started (counted), so the sessions
+    already started still complete; below half of it, new ones start again."""
+    pb = Playbook(shed_lag=0.5)
+    pb.establish()                                                # a session started before the overload
+    pb.table.backlog(0.8)
+    assert pb.cap(client(C_ISN, 0, SYN, port=CPORT + 1)) == []
+    assert pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /", port=CPORT + 1)) == []   # its rest too
+    assert (pb.c.sessions_shed, pb.c.sessions_started, pb.c.client_skipped) == (1, 1, 2)
+    out = pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))   # the old one goes on
+    assert [len(e.payload) for e in out] == [5]
+    pb.table.backlog(0.3)                                         # still above half: still shedding
+    assert pb.cap(client(C_ISN, 0, SYN, port=CPORT + 2)) == [] and pb.c.sessions_shed == 2
+    pb.table.backlog(0.2)
+    assert brief(pb.cap(client(C_ISN, 0, SYN, port=CPORT + 3))) == [(SYN, C_ISN, 0, 0)]
+
+
+def test_no_shedding_when_shed_lag_is_zero():
+    pb = Playbook(shed_lag=0.0)
+    pb.table.backlog(100.0)
+    assert brief(pb.cap(client(C_ISN, 0, SYN))) == [(SYN, C_ISN, 0, 0)] and pb.c.sessions_shed == 0
