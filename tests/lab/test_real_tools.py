@@ -117,6 +117,21 @@ def _replay(rig: ReplicationRig, pcap: Path) -> tuple[dict[str, Any], str, float
     return json.loads(report.read_text()), done.stdout, ended, kernel
 
 
+def _replay_every_request(rig: ReplicationRig, pcap: Path, label: str, online: LogSummary,
+                          about_capture: str) -> None:
+    """Replay the capture at topspeed, print its figures, and assert the target received every request
+    online's log counted while it was recorded."""
+    report, out, ended, kernel = _replay(rig, pcap)
+    settled = _settled_figures(rig, ended, 10.0)
+    target = rig.nginx["target"].log.summary()
+    share = _show(f"offline --topspeed, capture of {label}", online, target, settled,
+                  report["totals"]["rewrite"], kernel, live=False, extra=
+                  f"{about_capture}; replay: {report['read_s']:.2f} s read, {_end_to_end(report)}; "
+                  f"not completed {report['not_completed']}")
+    got, expected = target.ok, online.ok
+    assert got >= expected, f"{got:,} of the capture's {expected:,} requests ({share:.2f} %)\n{out}"
+
+
 def _end_to_end(report: dict[str, Any]) -> str:
     took = report["end_to_end_s"]
     return f"{took:.2f} s end to end" if took else f"sessions open after --offline-tail {OFFLINE_TAIL} s"
@@ -165,18 +180,10 @@ def test_offline_topspeed_of_a_wrk_capture_ending_in_resets(rig: ReplicationRig)
         if resets:
             break
     assert resets >= 1, f"{WRK_CAPTURE_ATTEMPTS} captures of wrk without a client RST: not the scenario"
-    report, out, ended, kernel = _replay(rig, pcap)
-    settled = _settled_figures(rig, ended, 10.0)
-    target = rig.nginx["target"].log.summary()
-    share = _show("offline --topspeed, capture of wrk -t1 -c20 -d2s", online, target, settled,
-                  report["totals"]["rewrite"], kernel, live=False, extra=
-                  f"capture {attempt}: {capture.captured:,} packets, {resets} client RSTs; "
-                  f"wrk {load.requests:,} requests; "
-                  f"replay: {report['read_s']:.2f} s read, {_end_to_end(report)}; "
-                  f"not completed {report['not_completed']}")
     assert online.ok > 10_000, f"the capture holds too few requests to mean anything: {load.output}"
-    got, expected = target.ok, online.ok
-    assert got >= expected, f"{got:,} of the capture's {expected:,} requests ({share:.2f} %)\n{out}"
+    _replay_every_request(rig, pcap, "wrk -t1 -c20 -d2s", online,
+                          f"capture {attempt}: {capture.captured:,} packets, {resets} client RSTs; "
+                          f"wrk {load.requests:,} requests")
 
 
 def test_offline_topspeed_of_an_ab_capture_reusing_client_ports(rig: ReplicationRig) -> None:
@@ -185,20 +192,12 @@ def test_offline_topspeed_of_an_ab_capture_reusing_client_ports(rig: Replication
     pcap, online, capture, load = _record(rig, "ab", lambda: ab(rig.lab, "client", URL, concurrency=20,
                                                                requests=15000))
     reused = sum(n - 1 for n in online.by_client.values() if n > 1)
-    report, out, ended, kernel = _replay(rig, pcap)
-    settled = _settled_figures(rig, ended, 10.0)
-    target = rig.nginx["target"].log.summary()
-    share = _show("offline --topspeed, capture of ab -c20 -n15000", online, target, settled,
-                  report["totals"]["rewrite"], kernel, live=False, extra=
-                  f"capture: {capture.captured:,} packets; "
-                  f"ab {load.complete:,} complete, {load.failed} failed, "
-                  f"{load.rate:,.0f}/s; {reused:,} connections on a client port used before; "
-                  f"replay: {report['read_s']:.2f} s read, {_end_to_end(report)}; "
-                  f"not completed {report['not_completed']}")
     assert online.ok == 15000, f"ab's requests did not all reach the online nginx: {load.output}"
     assert reused >= 1, "the capture was expected to reuse client ports"
-    got, expected = target.ok, online.ok
-    assert got >= expected, f"{got:,} of the capture's {expected:,} requests ({share:.2f} %)\n{out}"
+    _replay_every_request(rig, pcap, "ab -c20 -n15000", online,
+                          f"capture: {capture.captured:,} packets; ab {load.complete:,} complete, "
+                          f"{load.failed} failed, {load.rate:,.0f}/s; {reused:,} connections on a client "
+                          "port used before")
 
 
 # ab's concurrency for the live short-connection run. ab cannot pace itself: 1 to 20 give 3.3-5.1k
