@@ -55,8 +55,8 @@ test: setup packaging-setup lint
 
 # ruff (pyflakes, pycodestyle, bugbear, pyupgrade, the banned APIs of pyproject.toml) everywhere;
 # mypy --strict on the session engine and the shared core
-MYPY_STRICT := appliance/engine appliance/packet.py appliance/wire.py appliance/flowkey.py appliance/lifecycle.py \
-	appliance/transfer.py appliance/config.py appliance/settings.py appliance/pcapfile.py appliance/errors.py
+MYPY_STRICT := appliance/engine appliance/core/packet.py appliance/core/wire.py appliance/core/flowkey.py appliance/tcpcopyd/lifecycle.py \
+	appliance/core/transfer.py appliance/config/loader.py appliance/config/keys.py appliance/core/pcapfile.py appliance/core/errors.py
 lint: setup
 	$(VENV)/bin/ruff check appliance workers bin perf tests
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)

@@ -23,13 +23,13 @@ import random
 import tempfile
 import time
 
-from appliance import wire
-from appliance.config import InterceptConfig
-from appliance.packet import (
+from appliance.core import wire
+from appliance.config.loader import InterceptConfig
+from appliance.core.packet import (
     ACK, PSH, RST, SYN, MalformedPacket, TcpSegment, build_ipv4_tcp, ip_to_int, parse_ipv4_tcp, parse_options,
 )
-from appliance.pcapfile import PcapError, packets
-from workers.intercept import Intercept
+from appliance.core.pcapfile import PcapError, packets
+from appliance.interceptd.daemon import Intercept
 
 SEEDS = [build_ipv4_tcp(0xC6120001, 0xC6120002, 40000, 8080, 1, 2, ACK | PSH, 512,
                         b"\x01\x01\x08\x0a" + b"\x00" * 8, b"GET / HTTP/1.1\r\n\r\n"),

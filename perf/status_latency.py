@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.ctl import call
+from appliance.tcpcopyctl.cli import call
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.rig import ReplicationRig
 

@@ -17,9 +17,9 @@ from typing import Any
 import setproctitle
 import zmq
 
-from appliance import wire
-from appliance.lifecycle import HEARTBEAT_INTERVAL
-from appliance.logs import setup_logging
+from appliance.core import wire
+from appliance.tcpcopyd.lifecycle import HEARTBEAT_INTERVAL
+from appliance.core.logs import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from typing import Any
 import pcap
 import zmq
 
-from appliance import wire
-from appliance.config import CaptureSpec, spec_from_json
-from appliance.flowkey import shard_of
-from appliance.packet import client_key_of, link_header_len
+from appliance.core import wire
+from appliance.config.loader import CaptureSpec, spec_from_json
+from appliance.core.flowkey import shard_of
+from appliance.core.packet import client_key_of, link_header_len
 from workers.base import Worker, child_main
 
 log = logging.getLogger(__name__)

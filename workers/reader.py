@@ -17,12 +17,12 @@ from typing import Any
 
 import zmq
 
-from appliance import wire
-from appliance.config import ReaderSpec, spec_from_json
-from appliance.flowkey import shard_of
-from appliance.packet import client_key_of, link_header_len
-from appliance.pcapfile import DROP_COUNTERS, PcapError, packets
-from appliance.transfer import TransferMap, parse_transfers
+from appliance.core import wire
+from appliance.config.loader import ReaderSpec, spec_from_json
+from appliance.core.flowkey import shard_of
+from appliance.core.packet import client_key_of, link_header_len
+from appliance.core.pcapfile import DROP_COUNTERS, PcapError, packets
+from appliance.core.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 
 log = logging.getLogger(__name__)

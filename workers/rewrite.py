@@ -1,7 +1,7 @@
 """Rewrite-and-send process: owns one shard's sessions and talks to the target with a raw socket.
 
 Runs in its own pinned child. Binds its segments queue (batches from the captures or the offline
-reader), subscribes to every interceptd for its shard's response headers (workers/responses.py),
+reader), subscribes to every interceptd for its shard's response headers (appliance/tcpcopyd/answers.py),
 takes answers first (they unblock sends), feeds the sans-io `SessionTable`, and sends what it
 emits with IP_HDRINCL so the target sees the real client address. Send errors are counted by
 errno; none stops the worker.
@@ -16,17 +16,17 @@ from typing import Any
 
 import zmq
 
-from appliance import wire
-from appliance.config import RewriteSpec, spec_from_json
+from appliance.core import wire
+from appliance.config.loader import RewriteSpec, spec_from_json
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
-from appliance.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
-from appliance.transfer import TransferMap, parse_transfers
+from appliance.core.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
+from appliance.core.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
-from workers.rawsend import RawSender
-from workers.responses import ResponseChannel
-from workers.sockdiag import SocketTable
+from appliance.host.rawsend import RawSender
+from appliance.tcpcopyd.answers import ResponseChannel
+from appliance.host.sockdiag import SocketTable
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from appliance.flowkey import shard_of
+from appliance.core.flowkey import shard_of
 
 Tuple4 = tuple[int, int, int, int]        # client ip, client port, target ip, target port
 Origin = tuple[int, int, int, int, int]   # captured client ip, port, target ip, port, copy number

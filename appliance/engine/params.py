@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 @dataclass(frozen=True, slots=True)
 class EngineParams:
-    """Session engine settings; times in seconds. Validated by appliance.config."""
+    """Session engine settings; times in seconds. Validated by appliance.config.loader."""
 
     mtu: int = 1500                  # largest IP packet we send; bigger captures are split
     fake_syn_mss: int = 1460         # MSS option placed in SYNs we forge (no SYN captured)

@@ -12,7 +12,7 @@ from collections import deque
 from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.stream import INF, NO_CHUNKS, Chunk, ClientStream, queued
-from appliance.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
+from appliance.core.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
 
 
 class Sender:

@@ -19,7 +19,7 @@ from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.sending import Sender
 from appliance.engine.stream import INF, NO_CHUNKS, NO_OOO, Chunk, ClientStream
-from appliance.packet import (
+from appliance.core.packet import (
     ACK, FIN, RST, SYN, TcpSegment, mss_option, parse_options, seq_diff, seq_le, seq_lt, ts_val_of,
 )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from appliance.engine.params import EngineCounters
-from appliance.packet import FIN, seq_diff, seq_le, seq_lt
+from appliance.core.packet import FIN, seq_diff, seq_le, seq_lt
 
 INF = float("inf")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.session import INF, Emit, Key, Session, State, packed_deadline
-from appliance.packet import ACK, RST, SYN, TcpSegment, seq_diff
+from appliance.core.packet import ACK, RST, SYN, TcpSegment, seq_diff
 
 
 MIN_TIMER_STEP = 0.0005    # seconds

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from appliance.ctl import format_status
+from appliance.tcpcopyctl.cli import format_status
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig
 

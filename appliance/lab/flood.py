@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from appliance.packet import SYN, build_ipv4_tcp, ip_to_int, mss_option
+from appliance.core.packet import SYN, build_ipv4_tcp, ip_to_int, mss_option
 
 
 def main(argv: list[str] | None = None) -> int:

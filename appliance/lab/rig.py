@@ -83,7 +83,7 @@ class ReplicationRig:
         self.nginx: dict[str, Nginx] = {}         # role ("online", "target") -> nginx, see start_nginx
         self.keys = self.dir / "keys"
         if not (self.keys / "interceptd.key").exists():
-            from appliance.curve import keygen
+            from appliance.host.curvekeys import keygen
             keygen(str(self.keys), "interceptd")
             keygen(str(self.keys / "authorized"), "tcpcopyd")
 
@@ -259,7 +259,7 @@ class ReplicationRig:
         raise AssertionError(f"{text!r} not in {name}.log within {limit} s")
 
     def status(self) -> dict[str, Any] | None:
-        from appliance.ctl import call
+        from appliance.tcpcopyctl.cli import call
         if not os.path.exists(os.path.join(self.run_dir, "ctl")):
             return None
         reply = call(self.run_dir, "status", timeout=2.0)

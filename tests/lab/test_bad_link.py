@@ -9,7 +9,7 @@ import pytest
 
 from appliance.lab.impair import BadLink
 from appliance.lab.rig import ReplicationRig
-from appliance.offline import NOT_COMPLETED
+from appliance.tcpcopyd.offline import NOT_COMPLETED
 
 pytestmark = pytest.mark.lab
 

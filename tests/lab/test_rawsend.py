@@ -14,8 +14,8 @@ from tests.lab.support import unique_prefix
 PROBE = r"""
 import json, socket, struct, sys
 import dpkt
-from workers.rawsend import RawSender
-from appliance.packet import ACK, SYN, ip_to_int, parse_ipv4_tcp
+from appliance.host.rawsend import RawSender
+from appliance.core.packet import ACK, SYN, ip_to_int, parse_ipv4_tcp
 rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
 rx.settimeout(0.5)

@@ -14,8 +14,8 @@ import time
 import pytest
 import zmq
 
-from appliance import wire
-from appliance.flowkey import shard_of
+from appliance.core import wire
+from appliance.core.flowkey import shard_of
 from appliance.lab.netns import ADDR
 from appliance.lab.records import load_records, session_digests
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from appliance import wire
-from appliance.curve import keygen
+from appliance.core import wire
+from appliance.host.curvekeys import keygen
 from appliance.lab.netns import ADDR
 from appliance.lab.records import load_records
 from appliance.lab.rig import ReplicationRig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from appliance.engine.params import EngineParams
 from appliance.engine.session import Emit
 from appliance.engine.table import SessionTable
-from appliance.packet import ACK, TcpSegment, ip_to_int, timestamp_option
+from appliance.core.packet import ACK, TcpSegment, ip_to_int, timestamp_option
 
 CLIENT = ip_to_int("198.18.0.1")
 ONLINE = ip_to_int("198.18.0.2")

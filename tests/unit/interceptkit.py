@@ -9,10 +9,10 @@ import tempfile
 
 import dpkt
 
-from appliance import wire
-from appliance.config import InterceptConfig
-from appliance.packet import ACK, DLT_EN10MB, DLT_RAW, build_ipv4_tcp
-from workers.intercept import Intercept
+from appliance.core import wire
+from appliance.config.loader import InterceptConfig
+from appliance.core.packet import ACK, DLT_EN10MB, DLT_RAW, build_ipv4_tcp
+from appliance.interceptd.daemon import Intercept
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 TARGET, CLIENT = 0xC6120003, 0xC6120001

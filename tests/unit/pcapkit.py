@@ -8,7 +8,7 @@ import struct
 
 import dpkt
 
-from appliance.packet import ACK, PSH, build_ipv4_tcp
+from appliance.core.packet import ACK, PSH, build_ipv4_tcp
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 

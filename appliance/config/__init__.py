@@ -1,0 +1,1 @@
+"""Configuration: the key table, loading files and flags, the children's specs."""

@@ -1,0 +1,1 @@
+"""The shared core: wire formats, packets, flow keys, transfers, capture files, errors."""

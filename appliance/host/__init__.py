@@ -1,0 +1,1 @@
+"""What touches the host: raw sockets, the socket table, privileges, the run directory, CURVE key files, systemd."""

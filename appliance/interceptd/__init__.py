@@ -1,0 +1,1 @@
+"""interceptd, the assistant host's program: capture of the target's answers, published per shard."""

@@ -1,0 +1,243 @@
+"""interceptd's loop, on the assistant host: capture the target's answers, publish their headers.
+
+One process. Captures with a small snaplen in immediate mode (the answers' headers are on the
+critical path of every request turn); an answer waits at most COALESCE (0.2 ms) for others to
+share its batch, which saves a worker's wake-up per answer at moderate rates. Keeps IP+TCP
+headers with options and the original IP total length, and publishes them on an XPUB socket
+to which every rewrite worker of every tcpcopyd subscribes with its shard's topic: each batch is
+split per shard (appliance/interceptd/shardsplit.py), so a worker receives only its own clients' answers
+and no process on the online host relays them. Each batch carries this instance's random id and
+a sequence number per topic so subscribers count losses.
+
+Whatever the capture delivers, the pcap callback never raises (an exception would leave
+libpcap's dispatch and end interceptd): a frame that is not one whole IPv4/TCP header is counted
+(`not_ip`, `malformed`), and anything unforeseen is counted as `unexpected`, its traceback logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from typing import Any
+
+import pcap
+import zmq
+
+from appliance.host import curvekeys
+from appliance.core import wire
+from appliance.config.loader import InterceptConfig
+from appliance.core.packet import link_header_len, server_key_of
+from appliance.interceptd.shardsplit import ShardSplitter
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100
+COALESCE = 0.0002        # seconds an answer may wait for others to share its batch (one wake-up downstream)
+SUMMARY_INTERVAL = 30.0
+STATS_INTERVAL = 1.0
+PUB_HWM = 100_000
+
+
+def answer_header(ip: memoryview) -> memoryview | None:
+    """The IP and TCP headers (with options) of a captured answer, or None when the bytes are not
+    one whole IPv4/TCP header. What it returns always passes packet.parse_ipv4_tcp, which the
+    rewrite worker applies: version 4, IHL and data offset at least 5 words, TCP, no fragment,
+    both headers captured, the IP total length (0 from an offloading NIC) covering them."""
+    n = len(ip)
+    if n < 40 or ip[0] >> 4 != 4 or ip[9] != 6 or ((ip[6] << 8) | ip[7]) & 0x3FFF:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    if ihl < 20 or n < ihl + 20:
+        return None
+    end = ihl + (ip[ihl + 12] >> 4) * 4
+    total = (ip[2] << 8) | ip[3]
+    if end < ihl + 20 or n < end or (total and total < end):
+        return None
+    return ip[:end]
+
+
+class Intercept:
+    def __init__(self, config: InterceptConfig) -> None:
+        self.config = config
+        self.instance = int.from_bytes(os.urandom(4), "big")
+        self.stopping = False
+        self.captured = 0
+        self.split = ShardSplitter(self.instance)
+        self.not_ip = 0
+        self.malformed = 0
+        self.unexpected = 0
+        self.batches = 0
+        self.kernel_drops = 0
+        self.subscribers = 0
+        self.started = time.time()
+        self.handles: list[pcap.pcap] = []
+
+    def counters(self) -> dict[str, Any]:
+        try:
+            self.kernel_drops = sum(h.stats()[1] for h in self.handles)
+        except OSError:
+            pass
+        checker = getattr(self, "checker", None)
+        split = self.split
+        return {"captured": self.captured, "published": split.published, "not_ip": self.not_ip,
+                "malformed": self.malformed, "unexpected": self.unexpected, "batches": self.batches,
+                "kernel_drops": self.kernel_drops,
+                "no_subscriber": split.unsubscribed, "subscriptions_refused": split.refused_subscriptions,
+                "shard_counts": len(split.counts),
+                "subscribers": self.subscribers, "keys_accepted": checker.accepted if checker else 0,
+                "keys_refused": checker.refused if checker else 0}
+
+    def _stats_frame(self) -> bytes:
+        return wire.encode_json(wire.KIND_STATS, {
+            "role": "interceptd", "instance": f"{self.instance:08x}", "pid": os.getpid(),
+            "time": time.time(), "started": self.started, "filter": self.config.bpf,
+            "interfaces": list(self.config.interfaces), "counters": self.counters()})
+
+    def _on_monitor(self, monitor: zmq.Socket) -> None:
+        """Count subscriber connections from the PUB socket's monitor events."""
+        from zmq.utils.monitor import recv_monitor_message
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.subscribers += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.subscribers = max(0, self.subscribers - 1)
+
+    def _open(self, interface: str) -> pcap.pcap:
+        c = self.config
+        handle = pcap.pcap(name=interface, snaplen=c.snaplen, promisc=False, timeout_ms=1, immediate=True,
+                           timestamp_in_ns=True, buffer_size=c.buffer_bytes)
+        handle.setfilter(c.bpf)
+        handle.setnonblock(True)
+        return handle
+
+    def _on_frame(self, ts_ns: int, frame: bytes, datalink: int) -> None:
+        """libpcap's callback for every captured frame (live, or a file in the fuzz tests). Never raises."""
+        try:
+            offset = link_header_len(datalink, frame)
+            if offset < 0:
+                self.not_ip += 1
+                return
+            header = answer_header(memoryview(frame)[offset:])
+            key = None if header is None else server_key_of(header)
+            if header is None or key is None:
+                self.malformed += 1
+                return
+            self.captured += 1
+            self.split.add(ts_ns, header, key[0], key[1])
+        except Exception:
+            # Decision: a broad catch, because this is an entry point (called from libpcap's C loop),
+            # where an exception would stop interceptd: counted, and the first one logged in full.
+            self.unexpected += 1
+            if self.unexpected == 1:
+                log.exception("interceptd: a captured frame raised; counted as unexpected (logged once)")
+
+    def feed_file(self, path: str) -> int:
+        """Every frame of a capture file through the callback the live capture uses (`_on_frame`),
+        as libpcap delivers them; the number of frames. For the fuzz runs and tests."""
+        handle = pcap.pcap(name=path, timestamp_in_ns=True)
+        return handle.dispatch(-1, self._on_frame, handle.datalink())
+
+    def publisher(self, ctx: zmq.Context) -> zmq.Socket:
+        """The XPUB the answers go out on (not yet bound; CURVE, when configured, is set after)."""
+        pub = ctx.socket(zmq.XPUB)
+        pub.linger = 0
+        pub.sndhwm = PUB_HWM
+        pub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SUBSCRIBER_MESSAGE)   # it receives subscriptions only
+        return pub
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        c = self.config
+        self.handles = [self._open(i) for i in c.interfaces]
+        ctx = zmq.Context()
+        pub = self.publisher(ctx)
+        checker = None
+        if c.secret_key:
+            checker = curvekeys.KeyChecker(ctx, c.authorized_keys)
+            curvekeys.make_server(pub, c.secret_key)
+        self.checker = checker
+        monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        pub.bind(f"tcp://{c.bind}:{c.port}")
+        if c.user:
+            from appliance.host.privileges import drop_to
+            drop_to(c.user)          # captures open, socket bound: root is no longer needed
+        poller = zmq.Poller()
+        poller.register(monitor, zmq.POLLIN)
+        poller.register(pub, zmq.POLLIN)             # subscriptions of the workers
+        if checker is not None:
+            poller.register(checker.socket, zmq.POLLIN)
+        for h in self.handles:
+            poller.register(h.fileno(), zmq.POLLIN)
+        log.info("interceptd %08x on %s, filter %r, publishing on tcp://%s:%d (%s)", self.instance,
+                 ",".join(c.interfaces), c.bpf, c.bind, c.port,
+                 "CURVE, keys from " + c.authorized_keys if c.secret_key else "plaintext, anyone may subscribe")
+        next_summary = time.monotonic() + SUMMARY_INTERVAL
+        next_stats = 0.0
+        pcap_fds = [h.fileno() for h in self.handles]
+        first_held = 0.0                 # when the oldest answer not yet published was captured
+        try:
+            while not self.stopping:
+                for h in self.handles:
+                    dl = h.datalink()
+                    for _ in range(64):
+                        n = h.dispatch(c.batch_max, self._on_frame, dl)
+                        if self.split.pending >= c.batch_max:
+                            self._publish(pub)
+                        if n < c.batch_max:
+                            break
+                if self.split.pending:
+                    now = time.monotonic()
+                    if not first_held:
+                        first_held = now
+                    wait = first_held + COALESCE - now
+                    if wait > 0 and select.select(pcap_fds, [], [], wait)[0]:
+                        continue             # more answers came within the window: take them too
+                    self._publish(pub)
+                first_held = 0.0
+                ready = dict(poller.poll(POLL_MS))
+                if ready.get(monitor):
+                    self._on_monitor(monitor)
+                if ready.get(pub):
+                    self._on_subscriptions(pub)
+                if checker is not None and ready.get(checker.socket):
+                    checker.handle()
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + STATS_INTERVAL
+                    pub.send_multipart((wire.STATS_TOPIC, self._stats_frame()))
+                if now >= next_summary:
+                    next_summary = now + SUMMARY_INTERVAL
+                    log.info("interceptd counters %s", self.counters())
+        finally:
+            log.info("interceptd exiting, counters %s", self.counters())
+            pub.disable_monitor()
+            monitor.close(linger=0)
+            pub.close(linger=0)
+            if checker is not None:
+                checker.stop()
+            ctx.term()
+        return 0
+
+    def _publish(self, pub: zmq.Socket) -> None:
+        for topic, frame in self.split.take():
+            pub.send_multipart((topic, frame))   # XPUB never blocks; HWM drops show as gaps in seq
+            self.batches += 1
+
+    def _on_subscriptions(self, pub: zmq.Socket) -> None:
+        while True:
+            try:
+                message = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.split.subscription(message)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True

@@ -1,0 +1,1 @@
+"""tcpcopyctl, the operator's command: status, pause/resume/set, doctor, keygen."""

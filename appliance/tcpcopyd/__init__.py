@@ -1,0 +1,1 @@
+"""tcpcopyd, the online host's program: supervisor, control handlers, status, metrics, offline replay."""

@@ -1,0 +1,179 @@
+"""A rewrite worker's subscription to every interceptd: its own shard's response headers.
+
+Runs inside each rewrite worker. One SUB socket connects to every interceptd (CURVE when keys
+are configured) and subscribes to the shard topic of this worker (`wire.shard_topic`), so
+interceptd sends it only the answers to its own clients, and to interceptd's stats topic, whose
+once-a-second report also tells that the subscription is in place. Checks each batch's header
+(kind, interceptd instance, batch number: lost batches are counted here). ZeroMQ reconnects by
+itself when an interceptd restarts.
+
+An interceptd's report is input from another host: it is decoded by wire.decode_json (bounded)
+and every field kept is checked for type and size (`intercept_report`); a bad field is dropped
+and counted (`intercept_fields_dropped`), so worker 0's heartbeat, which carries the reports to
+the status document, stays small and well formed whatever interceptd sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from appliance.host import curvekeys
+from appliance.core import wire
+
+log = logging.getLogger(__name__)
+
+SUB_HWM = 100_000            # batches; beyond it ZeroMQ drops, which shows as lost batches
+MAX_INTERCEPTS_SHOWN = 64    # restarted interceptds: keep the newest
+# bounds of an interceptd's report as kept (64 of them ride in worker 0's heartbeat: about 200 KiB at most)
+MAX_FILTER_CHARS = 1024
+MAX_COUNTERS_KEPT = 32       # interceptd reports 14
+MAX_COUNTER_VALUE = (1 << 63) - 1
+INSTANCE = re.compile(r"[0-9a-f]{1,16}")
+COUNTER_NAME = re.compile(r"[a-z0-9_]{1,48}")
+
+
+def intercept_report(obj: dict[str, Any]) -> tuple[str, dict[str, Any], int] | None:
+    """(instance, {pid, filter, counters}, fields dropped) of a decoded interceptd report, each
+    field bounded in type and size (a bad one is None, or left out of `counters`); None when the
+    report names no instance or has no counters object (a bad frame)."""
+    instance, counters = obj.get("instance"), obj.get("counters")
+    if not isinstance(instance, str) or not INSTANCE.fullmatch(instance) or not isinstance(counters, dict):
+        return None
+    dropped = 0
+    pid = obj.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 1 << 31:
+        pid, dropped = None, dropped + 1
+    bpf = obj.get("filter")
+    if not isinstance(bpf, str) or len(bpf) > MAX_FILTER_CHARS:
+        bpf, dropped = None, dropped + 1
+    kept: dict[str, int] = {}
+    for name, value in counters.items():
+        if (len(kept) < MAX_COUNTERS_KEPT and COUNTER_NAME.fullmatch(name) and isinstance(value, int)
+                and not isinstance(value, bool) and 0 <= value <= MAX_COUNTER_VALUE):
+            kept[name] = value
+        else:
+            dropped += 1
+    return instance, {"pid": pid, "filter": bpf, "counters": kept}, dropped
+
+
+class ResponseChannel:
+    """The SUB socket (`sock`, for the caller's poller) and the channel's counters."""
+
+    def __init__(self, ctx: zmq.Context, shards: int, shard: int, intercepts: tuple[str, ...],
+                 secret_key: str = "", intercept_public_key: str = "", *, count_restarts: bool = True) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.linger = 0
+        self.sock.rcvhwm = SUB_HWM
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_RESPONSE_MESSAGE)   # more: ZeroMQ drops the publisher
+        if secret_key:
+            curvekeys.make_client(self.sock, secret_key, intercept_public_key)
+        # shard topic first: a stats frame arriving proves this subscription reached the publisher
+        self.sock.setsockopt(zmq.SUBSCRIBE, wire.shard_topic(shards, shard))
+        self.sock.setsockopt(zmq.SUBSCRIBE, wire.STATS_TOPIC)
+        self.monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        for address in intercepts:
+            host, port = wire.parse_intercept_address(address)
+            self.sock.connect(wire.intercept_endpoint(host, port))
+        self.count_restarts = count_restarts
+        self.headers = 0
+        self.bad_frames = 0
+        self.fields_dropped = 0
+        self.batches_lost = 0
+        self.intercept_restarts = 0
+        self.handshakes = 0
+        self.handshake_failures = 0
+        self._expected: dict[int, int] = {}                  # interceptd instance id -> next batch seq
+        self.intercepts: dict[str, dict[str, Any]] = {}      # interceptd instance -> its last stats
+
+    def receive(self) -> memoryview | None:
+        """The next batch of this shard's headers (its records not yet checked), or None when the
+        queue is empty. Stats reports and bad frames are taken care of (and counted) here."""
+        while True:
+            try:
+                topic, frame = self._recv_pair()
+            except zmq.Again:
+                return None
+            if topic == wire.STATS_TOPIC:
+                self._on_intercept_stats(frame)
+                continue
+            data = memoryview(frame)
+            try:
+                header = wire.decode_batch_header(data)
+            except wire.WireError:
+                self.bad_frames += 1
+                continue
+            if header.kind != wire.KIND_RESPONSES:
+                self.bad_frames += 1
+                continue
+            self._check_seq(header.source, header.seq)
+            self.headers += header.count
+            return data
+
+    def _recv_pair(self) -> tuple[bytes, bytes]:
+        """(topic, body); a message of any other shape is a bad frame, never a crash."""
+        while True:
+            parts = self.sock.recv_multipart(zmq.NOBLOCK)
+            if len(parts) == 2:
+                return parts[0], parts[1]
+            self.bad_frames += 1
+
+    def _check_seq(self, source: int, seq: int) -> None:
+        expected = self._expected.get(source)
+        if expected is None:
+            if self._expected and self.count_restarts:
+                self.intercept_restarts += 1
+        elif seq > expected:
+            self.batches_lost += seq - expected
+        self._expected[source] = seq + 1
+
+    def on_monitor(self) -> None:
+        """Count CURVE handshakes with interceptds: a failure is a publisher without the right key."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshakes += 1
+            else:
+                self.handshake_failures += 1
+
+    def _on_intercept_stats(self, frame: bytes) -> None:
+        try:
+            report = intercept_report(wire.decode_json(frame, wire.KIND_STATS))
+        except wire.WireError:
+            report = None
+        if report is None:
+            self.bad_frames += 1
+            return
+        instance, kept, dropped = report
+        self.fields_dropped += dropped
+        self.intercepts.pop(instance, None)                  # re-inserted: the newest are last
+        self.intercepts[instance] = dict(kept, received=time.time())
+        while len(self.intercepts) > MAX_INTERCEPTS_SHOWN:
+            del self.intercepts[next(iter(self.intercepts))]
+
+    def counters(self) -> dict[str, Any]:
+        """The channel's counters, as the status document's `totals.responses` sums them."""
+        return {"headers": self.headers, "bad_frames": self.bad_frames, "batches_lost": self.batches_lost,
+                "intercept_fields_dropped": self.fields_dropped,
+                "intercept_restarts": self.intercept_restarts, "intercept_handshakes": self.handshakes,
+                "intercept_handshake_failures": self.handshake_failures}
+
+    def intercepts_info(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v, age=round(time.time() - v["received"], 1)) for k, v in self.intercepts.items()}
+
+    def sockets(self) -> list[zmq.Socket]:
+        """Both sockets, for the worker to close before its context ends."""
+        self.monitor.linger = 0
+        return [self.sock, self.monitor]

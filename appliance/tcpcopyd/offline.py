@@ -1,0 +1,95 @@
+"""Offline replay (`tcpcopyd --offline FILE...`): checking the files first, and the final report.
+
+Runs in tcpcopyd's main process: before the supervisor starts (scan) and after it stopped (report).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from appliance.core.control import child_rows, funnel, totals_of
+from appliance.core.pcapfile import DROP_COUNTERS, FileSummary, scan
+
+if TYPE_CHECKING:
+    from appliance.tcpcopyd.supervisor import Supervisor
+
+# Why a client connection of the files did not complete on the target: each has its counter.
+NOT_COMPLETED = ("sessions_reset_by_target", "sessions_reset_by_client", "sessions_timed_out",
+                 "handshake_timeouts", "handshake_refused", "port_reuse_resets", "sessions_evicted",
+                 "sessions_shutdown", "sessions_lost_in_restarts", "sessions_skipped_paused",
+                 "sessions_skipped_sampled", "capture_gaps", "buffer_overflows")
+# Why a packet of the files was not replayed at all: the reader's counters.
+NOT_REPLAYED = ("not_ip", "malformed", *DROP_COUNTERS)
+
+
+def check_files(paths: tuple[str, ...]) -> list[FileSummary]:
+    """Scan every file completely; PcapError (file and byte offset) on the first bad one, and on
+    anything that is not a regular file (exit code 65 either way)."""
+    return [scan(p) for p in paths]
+
+
+def report_data(sup: Supervisor, files: list[FileSummary]) -> dict[str, Any]:
+    """Everything the report says, as numbers (also written by --report-json)."""
+    rows = child_rows(sup, 0.0)
+    t = totals_of(rows)
+    reader, rew = t["reader"], t["rewrite"]
+    span = max((f.last_ns for f in files), default=0) - min((f.first_ns for f in files), default=0)
+    whole = None
+    if sup.drained_at and sup.reader_started_at:
+        # the workers' last send, not when the supervisor saw them done (heartbeats come once a second)
+        last_send = max((r["counters"].get("last_send_at", 0.0) for r in rows if r["role"] == "rewrite"),
+                        default=0.0)
+        whole = (last_send - sup.reader_started_wall if last_send > sup.reader_started_wall
+                 else sup.drained_at - sup.reader_started_at)
+    return {
+        "files": [f.path for f in files],
+        "packets": sum(f.packets + sum(f.drops.values()) for f in files),   # pcapfile's drops too
+        "file_span_s": span / 1e9,
+        "packets_for_transfers": reader.get("packets_kept", 0),
+        "not_replayed": {k: reader.get(k, 0) for k in NOT_REPLAYED if reader.get(k, 0)},
+        "client_connections": reader.get("client_connections", 0),
+        "speed": sup.config.speed,
+        "read_s": reader.get("replay_ms", 0) / 1000,
+        "end_to_end_s": whole,
+        "sessions_started": rew.get("sessions_started", 0),
+        "sessions_completed": rew.get("sessions_completed", 0),
+        "sessions_open_at_stop": rew.get("sessions_active", 0) if whole is None else 0,
+        "not_completed": {k: rew.get(k, 0) for k in NOT_COMPLETED if rew.get(k, 0)},
+        "bytes_sent": rew.get("bytes_sent", 0),
+        "bytes_acked": rew.get("bytes_acked", 0),
+        "funnel": funnel(rows),
+        "totals": t,
+    }
+
+
+def report(data: dict[str, Any]) -> str:
+    speed, span, took, packets = data["speed"], data["file_span_s"], data["read_s"], data["packets"]
+    requested = "as fast as possible" if speed == 0 else f"{speed:g} x original ({span / speed:.2f} s)"
+    lost = data["not_completed"]
+    lines = [
+        f"offline replay of {len(data['files'])} file(s): {packets:,} packets over {span:.2f} s, "
+        f"{data['packets_for_transfers']:,} for the transfers, {data['client_connections']:,} client connections",
+        f"replayed: {data['sessions_started']:,} sessions started, {data['sessions_completed']:,} completed, "
+        f"{sum(lost.values()):,} reset or timed out; {data['bytes_sent']:,} bytes sent, "
+        f"{data['bytes_acked']:,} acknowledged by the target",
+        f"timing: requested {requested}; took {took:.2f} s" + (f" ({packets / took:,.0f} packets/s)" if took else ""),
+    ]
+    if data["not_replayed"]:
+        lines.append("packets not replayed: " + ", ".join(f"{k} {v:,}" for k, v in data["not_replayed"].items()))
+    if lost:
+        lines.append("not completed: " + ", ".join(f"{k} {v:,}" for k, v in lost.items()))
+    if data["funnel"].get("in_queues"):
+        lines.append(f"read but never taken by a worker before the stop: {data['funnel']['in_queues']:,} packets")
+    if data["sessions_open_at_stop"]:
+        lines.append(f"still open when the tail ran out (--offline-tail): {data['sessions_open_at_stop']:,} sessions")
+    if data["end_to_end_s"]:
+        whole = data["end_to_end_s"]
+        lines.append(f"replayed in {whole:.2f} s from the reader's start to the last session done "
+                     f"({packets / whole:,.0f} packets/s end to end)")
+    return "\n".join(lines)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, default=str)
