@@ -54,9 +54,9 @@ test: setup packaging-setup lint
 	$(VENV)/bin/pytest -q
 
 # ruff (pyflakes, pycodestyle, bugbear, pyupgrade, the banned APIs of pyproject.toml) everywhere;
-# mypy --strict on the session engine and the shared core
-MYPY_STRICT := appliance/engine appliance/core/packet.py appliance/core/wire.py appliance/core/flowkey.py appliance/tcpcopyd/lifecycle.py \
-	appliance/core/transfer.py appliance/config/loader.py appliance/config/keys.py appliance/core/pcapfile.py appliance/core/errors.py
+# mypy --strict on the shared core (core, config, engine) and tcpcopyd's pure parts
+MYPY_STRICT := appliance/core appliance/config appliance/engine \
+	appliance/tcpcopyd/lifecycle.py appliance/tcpcopyd/status.py appliance/tcpcopyd/handlers.py appliance/tcpcopyd/policy.py
 lint: setup
 	$(VENV)/bin/ruff check appliance workers bin perf tests
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)

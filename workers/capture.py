@@ -13,9 +13,9 @@ import pcap
 import zmq
 
 from appliance.core import wire
-from appliance.config.loader import CaptureSpec, spec_from_json
+from appliance.config.specs import CaptureSpec, spec_from_json
 from appliance.core.flowkey import shard_of
-from appliance.core.packet import client_key_of, link_header_len
+from appliance.core.packet import client_key_of, frame_ip
 from workers.base import Worker, child_main
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,10 @@ class CaptureWorker(Worker):
                  self.datalink)
 
     def _on_frame(self, ts_ns: int, frame: bytes) -> None:
-        offset = link_header_len(self.datalink, frame)
-        if offset < 0:
+        ip = frame_ip(self.datalink, frame)
+        if ip is None:
             self.not_ip += 1
             return
-        ip = memoryview(frame)[offset:]
         key = client_key_of(ip)
         if key is None:
             self.malformed += 1

@@ -18,9 +18,9 @@ from typing import Any
 import zmq
 
 from appliance.core import wire
-from appliance.config.loader import ReaderSpec, spec_from_json
+from appliance.config.specs import ReaderSpec, spec_from_json
 from appliance.core.flowkey import shard_of
-from appliance.core.packet import client_key_of, link_header_len
+from appliance.core.packet import client_key_of, frame_ip, server_key_of, tcp_flags_of
 from appliance.core.pcapfile import DROP_COUNTERS, PcapError, packets
 from appliance.core.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
@@ -110,25 +110,23 @@ class ReaderWorker(Worker):
 
     def _take(self, linktype: int, frame: bytes) -> None:
         self.read += 1
-        offset = link_header_len(linktype, frame)
-        if offset < 0:
+        ip = frame_ip(linktype, frame)
+        if ip is None:
             self.not_ip += 1
             return
-        ip = memoryview(frame)[offset:]
         key = client_key_of(ip)
         if key is None:
             self._not_replayable(ip)
             return
-        ihl = (ip[0] & 0x0F) * 4
-        if len(ip) < ihl + 20:                       # the IP header's length runs into the cut
+        flags = tcp_flags_of(ip)
+        dst = server_key_of(ip)
+        if flags is None or dst is None:             # the IP header's length runs into the cut
             self.malformed += 1
             return
-        dst = int.from_bytes(ip[16:20], "big"), (ip[ihl + 2] << 8) | ip[ihl + 3]
         if not self.transfers.targets(*dst):
             return
         self.kept += 1
-        flags = ip[ihl + 13] & 0x12
-        if flags == 0x02:                            # a SYN: a connection starts
+        if flags & 0x12 == 0x02:                            # a SYN: a connection starts
             self.syns += 1
             self.clients.add(key)
         elif key not in self.clients:               # open before the capture began

@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from appliance.core import wire
-from appliance.config.loader import RewriteSpec, spec_from_json
+from appliance.config.specs import RewriteSpec, spec_from_json
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
@@ -103,7 +103,7 @@ class RewriteWorker(Worker):
             ready = dict(self.poller.poll(0))
         now = time.monotonic()
         self.table.poll(now)
-        self._send(self.table.take_output())
+        self._put_on_wire(self.table.take_output())
 
     def _decoded(self, frame: bytes | memoryview,
                  handler: Callable[[wire.BatchHeader, list[tuple[int, memoryview]]], None]) -> None:
@@ -113,7 +113,7 @@ class RewriteWorker(Worker):
             self.bad_frames += 1
             return
         handler(header, records)
-        self._send(self.table.take_output())
+        self._put_on_wire(self.table.take_output())
 
     def _on_segments(self, header: wire.BatchHeader, records: list[tuple[int, memoryview]]) -> None:
         if header.kind != wire.KIND_SEGMENTS:
@@ -162,7 +162,8 @@ class RewriteWorker(Worker):
             table.target_segment(hdr, now)
         table.flush(now)
 
-    def _send(self, out: list[Emit]) -> None:
+    def _put_on_wire(self, out: list[Emit]) -> None:
+        """The engine's segments, built into packets and written to the raw socket in one batch."""
         if not out:
             return
         add = self.sender.add
@@ -246,7 +247,7 @@ class RewriteWorker(Worker):
 
     def shutdown(self) -> None:
         self.table.shutdown(time.monotonic())
-        self._send(self.table.take_output())
+        self._put_on_wire(self.table.take_output())
 
 
 def main(spec_json: str) -> None:

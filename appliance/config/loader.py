@@ -1,20 +1,18 @@
-"""Validated, frozen settings for every process role, and their JSON form for child processes.
+"""Loading the configuration: defaults, then the TOML file, then the command line, validated.
 
-The supervisor builds an `OnlineConfig` once, from defaults, then the TOML file, then the
-command line (appliance.config.keys lists every key); each child gets only its own spec,
-serialised as JSON (never pickled) and rebuilt with `spec_from_json`.
+tcpcopyd builds an `OnlineConfig` once and interceptd an `InterceptConfig` (appliance.config.keys
+lists every key); the children get only their own spec (appliance.config.specs). Runs in the
+daemons' main processes, at start and on SIGHUP.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import grp
-import json
 import os
 import stat
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -25,50 +23,6 @@ from appliance.core.errors import ConfigError
 
 DEFAULT_RUN_DIR = "/run/tcpcopy-py"
 MAX_CONFIG_BYTES = 16 << 20          # the sample is 5 KB; a full 65536-address client_pool list ~1.2 MB
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CaptureSpec:
-    index: int
-    interface: str
-    bpf: str
-    shards: int
-    run_dir: str
-    cpus: tuple[int, ...] = ()
-    snaplen: int = 262144            # whole GSO/TSO super-packets (up to 64 KiB + link header)
-    buffer_bytes: int = 128 << 20    # kernel ring; G1 was a ring of ~250 packets
-    block_timeout_ms: int = 5        # capture latency only: requests are paced downstream
-    batch_max: int = 512
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RewriteSpec:
-    index: int
-    shards: int
-    run_dir: str
-    transfers: str
-    engine: EngineParams = field(default_factory=EngineParams)
-    cpus: tuple[int, ...] = ()
-    sample_rate: float = 1.0
-    client_pool: tuple[str, ...] = ()
-    copies: int = 1
-    intercepts: tuple[str, ...] = ()
-    secret_key: str = ""                 # empty: plaintext (insecure = true)
-    intercept_public_key: str = ""
-    verify_midstream: bool = False       # live capture on the online host: see SessionTable.accepted_online
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReaderSpec:
-    run_dir: str
-    shards: int
-    transfers: str
-    files: tuple[str, ...]
-    speed: float = 1.0               # 0: as fast as the workers take it
-    max_gap_ms: float = 0.0          # 0: keep every idle gap
-    total_packets: int = 0
-    progress: bool = False
-    cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,25 +276,6 @@ def intercept_config(v: Values) -> InterceptConfig:
                            user=user)
 
 
-SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ReaderSpec)}
-
-
-def spec_to_json(spec: Any) -> str:
-    return json.dumps({"type": type(spec).__name__, "fields": dataclasses.asdict(spec)})
-
-
-def spec_from_json(text: str) -> Any:
-    obj = json.loads(text)
-    cls = SPECS[obj["type"]]
-    kwargs = dict(obj["fields"])
-    if "engine" in kwargs:
-        kwargs["engine"] = EngineParams(**kwargs["engine"])
-    for name, value in kwargs.items():
-        if isinstance(value, list):
-            kwargs[name] = tuple(value)
-    return cls(**kwargs)
-
-
 def validate_positive(name: str, value: float, maximum: float | None = None) -> float:
     if not value > 0 or (maximum is not None and value > maximum):
         bound = f" and at most {maximum}" if maximum is not None else ""
@@ -359,14 +294,6 @@ def validate_engine(p: EngineParams) -> EngineParams:
     if p.buffer_limit < 65536:
         raise ConfigError(f"buffer_limit = {p.buffer_limit}: must be at least 65536 bytes")
     return p
-
-
-def cpu_plan(count: int, offset: int, pin: bool) -> list[tuple[int, ...]]:
-    """CPU sets for `count` children, round-robin over the CPUs this process may use."""
-    if not pin:
-        return [() for _ in range(count)]
-    cpus = sorted(os.sched_getaffinity(0))
-    return [(cpus[(offset + i) % len(cpus)],) for i in range(count)]
 
 
 def add_setting_flags(parser: Any, table: tuple[Setting, ...]) -> None:

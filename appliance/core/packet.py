@@ -283,6 +283,20 @@ def link_header_len(datalink: int, frame: bytes | memoryview) -> int:
     return -1
 
 
+def frame_ip(datalink: int, frame: bytes | memoryview) -> memoryview | None:
+    """The IPv4 packet inside a libpcap frame (a view, no copy); None when the frame carries none.
+    Every process that opens captured frames (capture, reader, interceptd) starts here."""
+    offset = link_header_len(datalink, frame)
+    return None if offset < 0 else memoryview(frame)[offset:]
+
+
+def tcp_flags_of(ip: bytes | memoryview) -> int | None:
+    """The TCP flags byte of a packet that client_key_of accepted; None when the TCP header is cut
+    before it."""
+    ihl = (ip[0] & 0x0F) * 4
+    return ip[ihl + 13] if len(ip) >= ihl + MIN_TCP_HEADER else None
+
+
 def headers_only(ip_packet: bytes | memoryview) -> bytes:
     """IP header + TCP header with options, no payload (the IP total length is kept)."""
     ihl = (ip_packet[0] & 0x0F) * 4

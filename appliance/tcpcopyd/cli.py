@@ -83,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_PERMISSION
     log.info("capture filter: %s", config.bpf)
     log.debug("effective configuration: %s", config)
+    from appliance.tcpcopyd.policy import LivePolicy, OfflinePolicy, RunPolicy
     from appliance.tcpcopyd.supervisor import Supervisor
-    sup = Supervisor(config, args.config, args, offline_packets=sum(f.packets for f in files))
+    offline_run = OfflinePolicy(sum(f.packets for f in files), config.offline_tail) if config.offline else None
+    policy: RunPolicy = offline_run or LivePolicy()
+    reread = (lambda: load(ONLINE, args.config, args)) if args.config else None
+    sup = Supervisor(config, policy, reread=reread)
     code = sup.run()
-    if config.offline:
+    if offline_run is not None:
         from appliance.tcpcopyd.offline import report, report_data, write_json
-        data = report_data(sup, files)
+        data = report_data(sup.rows(), offline_run, files, config.speed)
         print(report(data))
         if args.report_json:
             write_json(args.report_json, data)

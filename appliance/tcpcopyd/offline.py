@@ -6,13 +6,11 @@ Runs in tcpcopyd's main process: before the supervisor starts (scan) and after i
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from appliance.core.control import child_rows, funnel, totals_of
 from appliance.core.pcapfile import DROP_COUNTERS, FileSummary, scan
-
-if TYPE_CHECKING:
-    from appliance.tcpcopyd.supervisor import Supervisor
+from appliance.tcpcopyd.policy import OfflinePolicy
+from appliance.tcpcopyd.status import funnel, totals_of
 
 # Why a client connection of the files did not complete on the target: each has its counter.
 NOT_COMPLETED = ("sessions_reset_by_target", "sessions_reset_by_client", "sessions_timed_out",
@@ -29,19 +27,15 @@ def check_files(paths: tuple[str, ...]) -> list[FileSummary]:
     return [scan(p) for p in paths]
 
 
-def report_data(sup: Supervisor, files: list[FileSummary]) -> dict[str, Any]:
-    """Everything the report says, as numbers (also written by --report-json)."""
-    rows = child_rows(sup, 0.0)
+def report_data(rows: list[dict[str, Any]], run: OfflinePolicy, files: list[FileSummary],
+                speed: float) -> dict[str, Any]:
+    """Everything the report says, as numbers (also written by --report-json), from the children's
+    final rows and the run's timing."""
     t = totals_of(rows)
     reader, rew = t["reader"], t["rewrite"]
     span = max((f.last_ns for f in files), default=0) - min((f.first_ns for f in files), default=0)
-    whole = None
-    if sup.drained_at and sup.reader_started_at:
-        # the workers' last send, not when the supervisor saw them done (heartbeats come once a second)
-        last_send = max((r["counters"].get("last_send_at", 0.0) for r in rows if r["role"] == "rewrite"),
-                        default=0.0)
-        whole = (last_send - sup.reader_started_wall if last_send > sup.reader_started_wall
-                 else sup.drained_at - sup.reader_started_at)
+    last_send = max((r["counters"].get("last_send_at", 0.0) for r in rows if r["role"] == "rewrite"), default=0.0)
+    whole = run.elapsed(last_send)
     return {
         "files": [f.path for f in files],
         "packets": sum(f.packets + sum(f.drops.values()) for f in files),   # pcapfile's drops too
@@ -49,7 +43,7 @@ def report_data(sup: Supervisor, files: list[FileSummary]) -> dict[str, Any]:
         "packets_for_transfers": reader.get("packets_kept", 0),
         "not_replayed": {k: reader.get(k, 0) for k in NOT_REPLAYED if reader.get(k, 0)},
         "client_connections": reader.get("client_connections", 0),
-        "speed": sup.config.speed,
+        "speed": speed,
         "read_s": reader.get("replay_ms", 0) / 1000,
         "end_to_end_s": whole,
         "sessions_started": rew.get("sessions_started", 0),

@@ -2,8 +2,10 @@
 
 One loop, no threads. It waits on the control socket, the stats bus, the metrics listener,
 a signal wake-up fd and the children's sentinels; signal handlers only record. Children start
-with the spawn method and get their spec as JSON. Runtime settings (pause, sample rate, log
-level) go to the children on a PUB socket, on change and once a second. Stop order: captures
+with the spawn method (or the process factory a test passes) and get their spec as JSON; the
+run policy (live or offline, appliance/tcpcopyd/policy.py) plans them and ends the run. Runtime
+settings (pause, sample rate, log level) go to the children on a PUB socket, on change and once a
+second. Stop order: captures
 (or the offline reader), then the rewrite workers (which reset their sessions on the target).
 """
 
@@ -14,36 +16,64 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import setproctitle
 import zmq
 
-from appliance.host import rundir
+from appliance.config.loader import OnlineConfig
+from appliance.config.specs import spec_to_json
 from appliance.core import wire
-from appliance.config.loader import (
-    CaptureSpec, OnlineConfig, ReaderSpec, RewriteSpec, cpu_plan, load, spec_to_json,
-)
-from appliance.core.control import (
-    COMMANDS, Request, child_rows, decode_request, encode_reply, error_reply, summary_line, totals_of,
-)
+from appliance.core.control import Request, decode_request, encode_reply
 from appliance.core.errors import EXIT_BOOT_ERROR, EXIT_CONFIG, EXIT_OK, ConfigError, HaltAppliance
+from appliance.host import rundir
+from appliance.host.sdnotify import notify
+from appliance.tcpcopyd.handlers import dispatch
 from appliance.tcpcopyd.lifecycle import Action, ChildState, Lifecycle
 from appliance.tcpcopyd.metrics import MetricsServer
 from appliance.tcpcopyd.observe import ChildView, Rates
-from appliance.host.sdnotify import notify
-from appliance.config.keys import ONLINE
+from appliance.tcpcopyd.policy import RunPolicy
+from appliance.tcpcopyd.status import Snapshot, summary_line, totals_of
 
 log = logging.getLogger(__name__)
 
 LOOP_TICK = 0.2                 # seconds: the supervisor wakes at least this often
 SUMMARY_INTERVAL = 30.0
-READER_WAIT = 10.0       # offline: longest wait for an interceptd before replaying anyway
 SAMPLE_INTERVAL = 1.0
 STOP_ORDER = ("capture", "reader", "rewrite")
+
+
+class ChildProcess(Protocol):
+    """The part of multiprocessing.Process the supervisor uses (a test passes a fake)."""
+
+    pid: int | None
+    exitcode: int | None
+
+    @property
+    def sentinel(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+ProcessFactory = Callable[[str, str, str], ChildProcess]     # (entry, spec JSON, name) -> not started
+
+
+def spawn_process(entry: str, spec_json: str, name: str) -> ChildProcess:
+    """A child process made with the spawn method: it imports `entry` and hands it the spec."""
+    process: ChildProcess = multiprocessing.get_context("spawn").Process(
+        target=_child_entry, args=(entry, spec_json), name=name, daemon=False)
+    return process
 
 
 @dataclass
@@ -56,7 +86,7 @@ class Child:
     life: Lifecycle
     process: Any = None
     view: ChildView = field(default_factory=ChildView)
-    oneshot: bool = False      # the offline reader: started once the answers flow, its exit ends the run
+    oneshot: bool = False      # runs once (the offline reader): see Planned
 
     @property
     def pid(self) -> int | None:
@@ -75,18 +105,18 @@ def _child_entry(entry: str, spec_json: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: OnlineConfig, config_path: str | None = None, cli_args: Any = None,
-                 offline_packets: int = 0) -> None:
+    """Runs in tcpcopyd's main process. `reread` gives the settings file's values again (SIGHUP)."""
+
+    def __init__(self, config: OnlineConfig, policy: RunPolicy, *,
+                 reread: Callable[[], dict[str, Any]] | None = None,
+                 spawn: ProcessFactory = spawn_process) -> None:
         self.config = config
-        self.offline_packets = offline_packets
-        self.reader_done_at: float | None = None
-        self.reader_started_at: float | None = None
-        self.reader_started_wall = 0.0               # epoch, to compare with the workers' last_send_at
-        self.drained_at: float | None = None         # offline: every packet handed over, no session open
-        self.config_path = config_path
-        self.cli_args = cli_args
+        self.policy = policy
+        self.reread = reread
+        self.spawn_process = spawn
         self.children: list[Child] = []
         self.started = time.time()
+        self.run_started = time.monotonic()
         self.stopping = False
         self.exit_code = EXIT_OK
         self.runtime = {"paused": False, "sample_rate": config.sample_rate, "log_level": config.log_level,
@@ -94,38 +124,9 @@ class Supervisor:
         self.rates = Rates()
         self.bad_frames = {"control": 0, "stats": 0}    # refused frames, in the status document
         self._signals: list[int] = []
-        self._mp = multiprocessing.get_context("spawn")
-        self._plan()
-
-    def _plan(self) -> None:
-        c = self.config
-        n = c.workers
-        caps = cpu_plan(len(c.interfaces), 0, c.pin_cpus)
-        rews = cpu_plan(n, len(c.interfaces), c.pin_cpus)
-
-        def child(role: str, index: int, entry: str, spec: Any, cpus: tuple[int, ...], oneshot: bool = False) -> Child:
-            return Child(role, index, entry, spec_to_json(spec), cpus, Lifecycle(c.startsecs, c.startretries),
-                         oneshot=oneshot)
-
-        # a capture file waits for the workers: an offline replay is never overloaded, it only takes longer
-        engine = replace(c.engine, shed_lag=0.0) if c.offline else c.engine
-        for k in range(n):   # rewrite workers bind their queues, so they go first
-            spec = RewriteSpec(index=k, shards=n, run_dir=c.run_dir, transfers=c.transfers, engine=engine,
-                               cpus=rews[k], sample_rate=c.sample_rate, client_pool=c.client_pool, copies=c.copies,
-                               intercepts=c.intercepts, secret_key=c.secret_key,
-                               intercept_public_key=c.intercept_public_key,
-                               verify_midstream=c.verify_midstream and not c.offline)
-            self.children.append(child("rewrite", k, "workers.rewrite:main", spec, rews[k]))
-        if c.offline:
-            spec_o = ReaderSpec(run_dir=c.run_dir, shards=n, transfers=c.transfers, files=c.offline, speed=c.speed,
-                                max_gap_ms=c.max_gap_ms, total_packets=self.offline_packets,
-                                progress=sys.stderr.isatty(), cpus=caps[0] if caps else ())
-            self.children.append(child("reader", 0, "workers.reader:main", spec_o, caps[0] if caps else (), True))
-            return
-        for i, iface in enumerate(c.interfaces):
-            spec_c = CaptureSpec(index=i, interface=iface, bpf=c.bpf, shards=n, run_dir=c.run_dir, cpus=caps[i],
-                                 buffer_bytes=c.buffer_bytes)
-            self.children.append(child("capture", i, "workers.capture:main", spec_c, caps[i]))
+        for p in policy.plan(config):
+            self.children.append(Child(p.role, p.index, p.entry, spec_to_json(p.spec), p.cpus,
+                                       Lifecycle(config.startsecs, config.startretries), oneshot=p.oneshot))
 
     # ---- life cycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -228,7 +229,7 @@ class Supervisor:
                 next_sample = now + SAMPLE_INTERVAL
                 self._sample(now)
             if self.metrics:             # every turn: ready connections, and deadlines of idle ones
-                self.metrics.serve(lambda: child_rows(self, time.time()), now)
+                self.metrics.serve(self.rows, now)
             self._manage(now)
             if now >= next_summary:
                 next_summary = now + SUMMARY_INTERVAL
@@ -242,21 +243,17 @@ class Supervisor:
         return max(1, int(wait * 1000 + 0.999))
 
     def _spawn(self, child: Child, now: float) -> None:
-        child.process = self._mp.Process(target=_child_entry, args=(child.entry, child.spec_json),
-                                         name=f"{child.role}-{child.index}", daemon=False)
+        child.process = self.spawn_process(child.entry, child.spec_json, f"{child.role}-{child.index}")
         child.process.start()
         child.life.spawned(now)
         if child.oneshot:
-            self.reader_started_at = now
-            self.reader_started_wall = time.time()
+            self.policy.started(now, time.time())
         log.info("started %s %d pid %d cpus %s", child.role, child.index, child.pid, child.cpus or "any")
 
     def _manage(self, now: float) -> None:
         for child in self.children:
-            if child.oneshot and child.process is None:
-                self._start_reader_when_answers_flow(child, now)
-                continue
-            if child.oneshot and self._reader_exited(child, now):
+            if child.oneshot:
+                self._manage_oneshot(child, now)
                 continue
             was = child.life.state
             action = child.life.transition(now, child.alive)
@@ -275,51 +272,25 @@ class Supervisor:
                 child.process.kill()
             elif action is Action.SPAWN:
                 self._spawn(child, now)
-
-    def _start_reader_when_answers_flow(self, child: Child, now: float) -> None:
-        """Offline replay can wait, unlike a live capture: it starts once every worker has heard an
-        interceptd (a report on the stats topic, subscribed after the shard's topic, came through),
-        so the first handshakes' answers are not missed."""
-        workers = [c for c in self.children if c.role == "rewrite"]
-        heard = bool(workers) and all(c.view.last.get("intercepts_heard") for c in workers)
-        waited = now - self.run_started
-        if heard or waited > READER_WAIT:
-            if not heard:
-                log.warning("offline: no interceptd heard after %.0f s; starting the replay anyway", waited)
-            self._spawn(child, now)
-
-    def _reader_exited(self, child: Child, now: float) -> bool:
-        """The offline reader runs once: done at the end of its files, fatal on a bad file."""
-        if child.life.state is ChildState.STOPPED:
-            self._offline_drained(now)
-            return True
-        if child.process is None or child.alive:
-            return False
-        child.process.join(0)
-        if child.process.exitcode != 0:
-            raise HaltAppliance(f"offline reader failed (exit {child.process.exitcode}); see the log above",
-                                child.process.exitcode if child.process.exitcode and child.process.exitcode > 0
-                                else EXIT_BOOT_ERROR)
-        child.life.state = ChildState.STOPPED
-        self.reader_done_at = now
-        log.info("offline files read to the end; waiting for the sessions to finish")
-        return True
-
-    def _offline_drained(self, now: float) -> None:
-        rows = child_rows(self, time.time())
-        totals = totals_of(rows)
-        reader = next((r for r in rows if r["role"] == "reader"), {"counters": {}})
-        handed = totals["rewrite"].get("segments_received", 0)
-        active = totals["rewrite"].get("sessions_active", 0)
-        assert self.reader_done_at is not None
-        if handed >= reader["counters"].get("packets_kept", 0) and active == 0:
-            if self.drained_at is None:
-                self.drained_at = now
-            if now - self.reader_done_at > 1.0:          # and the workers' last counters are in
-                self.request_stop()
-        elif now - self.reader_done_at > self.config.offline_tail:
-            log.warning("offline: %d sessions still open after %.0f s; stopping", active, self.config.offline_tail)
+        if self.policy.should_stop(self.rows(), now):
             self.request_stop()
+
+    def _manage_oneshot(self, child: Child, now: float) -> None:
+        """A child that runs once: started when the policy allows; exit 0 is its end, anything
+        else halts the run with its exit code."""
+        if child.process is None:
+            if self.policy.may_start(self.rows(), now - self.run_started):
+                self._spawn(child, now)
+            return
+        if child.life.state is ChildState.STOPPED or child.alive:
+            return
+        child.process.join(0)
+        code = child.process.exitcode
+        if code != 0:
+            raise HaltAppliance(f"{child.role} {child.index} failed (exit {code}); see the log above",
+                                code if code and code > 0 else EXIT_BOOT_ERROR)
+        child.life.state = ChildState.STOPPED
+        self.policy.finished(now)
 
     def _stop_all(self) -> None:
         for role in STOP_ORDER:
@@ -358,14 +329,39 @@ class Supervisor:
                     child.view.heartbeat(obj, now)
                     child.life.beat(now)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per child: life cycle from the supervisor, counters from its heartbeats."""
+        mono = time.monotonic()
+        rows = []
+        for c in self.children:
+            beat_age = mono - c.view.beat_at if c.alive and c.view.beat_at is not None else None
+            rows.append({
+                "role": c.role, "index": c.index, "pid": c.pid if c.alive else None, "state": c.life.state.value,
+                "cpus": list(c.cpus), "restarts": c.life.restarts,
+                "heartbeat_age": None if beat_age is None else round(beat_age, 3),
+                "cpu_percent": c.view.cpu_percent, "rss_bytes": c.view.rss,
+                "counters": c.view.counters(), "info": c.view.extra, "settings_seq": c.view.settings_seq,
+            })
+        return rows
+
+    def snapshot(self) -> Snapshot:
+        now = time.time()
+        c = self.config
+        return Snapshot(time=now, pid=os.getpid(), uptime=now - self.started, stopping=self.stopping,
+                        rows=self.rows(), runtime=dict(self.runtime), bad_frames=dict(self.bad_frames),
+                        config={"transfers": c.transfers, "intercepts": list(c.intercepts),
+                                "interfaces": list(c.interfaces), "workers": c.workers, "filter": c.bpf,
+                                "source": c.source},
+                        rates_window=self.rates.window, rates=self.rates.per_second())
+
     def _sample(self, now: float) -> None:
         for child in self.children:
             child.view.sample(child.pid if child.alive else None)
-        self.rates.record(now, totals_of(child_rows(self, time.time())))
+        self.rates.record(now, totals_of(self.rows()))
         self._publish_settings()
 
     def _log_summary(self) -> None:
-        line, weak = summary_line(child_rows(self, time.time()))
+        line, weak = summary_line(self.rows())
         log.info("summary: %s", line)
         if weak:
             log.warning("many sessions can't be established with the target: see handshake_timeouts")
@@ -391,11 +387,11 @@ class Supervisor:
 
         A bad file (any value, not UTF-8, not TOML, gone) changes nothing: the appliance goes on with
         the settings it has and says why. `load` raises ConfigError only, whatever the file holds."""
-        if not self.config_path:
+        if self.reread is None:
             log.info("SIGHUP: no configuration file to re-read")
             return
         try:
-            values = load(ONLINE, self.config_path, self.cli_args)
+            values = self.reread()
         except ConfigError as exc:
             log.warning("SIGHUP: configuration not reloaded, running settings kept: %s", exc)
             return
@@ -413,15 +409,9 @@ class Supervisor:
 
     def _handle_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
-            self.dispatch(Request(id="signal", command="stop", args={}))
+            dispatch(self, Request(id="signal", command="stop", args={}))
         elif signum == signal.SIGHUP:
             self.reload()
-
-    def dispatch(self, request: Request) -> dict:
-        handler = COMMANDS.get(request.command)
-        if handler is None:
-            return error_reply(request.id, f"unknown command {request.command!r}", "ENOENT")
-        return handler(self, request)
 
     def _serve_control(self) -> None:
         for _ in range(16):
@@ -437,7 +427,7 @@ class Supervisor:
             if request is None:
                 self.bad_frames["control"] += 1
             else:
-                reply = self.dispatch(request)
+                reply = dispatch(self, request)
             self.ctl.send_multipart([identity, b"", encode_reply(reply)])
 
     def request_stop(self) -> None:

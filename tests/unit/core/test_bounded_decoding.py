@@ -10,8 +10,9 @@ import pytest
 import zmq
 
 from appliance.core import wire
-from appliance.config.loader import CaptureSpec
-from appliance.core.control import Request, decode_reply, decode_request, encode_reply, handle_set, ok_reply
+from appliance.config.specs import CaptureSpec
+from appliance.core.control import Request, decode_reply, decode_request, encode_reply, ok_reply
+from appliance.tcpcopyd.handlers import handle_set
 from appliance.tcpcopyd.answers import MAX_COUNTERS_KEPT, MAX_FILTER_CHARS, MAX_INTERCEPTS_SHOWN, ResponseChannel
 
 STATS, CONTROL = wire.KIND_STATS, wire.KIND_CONTROL

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.core import wire
-from appliance.core.control import decode_request, handle_set
+from appliance.core.control import decode_request
+from appliance.tcpcopyd.handlers import handle_set
 from appliance.engine.table import SessionTable
 from appliance.core.packet import (
     ACK, DLT_EN10MB, DLT_LINUX_SLL, DLT_RAW, MalformedPacket, build_ipv4_tcp, client_key_of, link_header_len,

@@ -14,6 +14,7 @@ import pytest
 
 from appliance.tcpcopyd import cli, supervisor
 from appliance.host import rundir
+from appliance.tcpcopyd.policy import LivePolicy
 from appliance.config.loader import load, online_config
 from appliance.core.errors import EXIT_CONFIG, ConfigError
 from appliance.config.keys import ONLINE
@@ -77,7 +78,7 @@ def test_the_supervisor_stops_with_exit_78_before_binding(tmp_path, monkeypatch,
         raise AssertionError("bound sockets in a refused run_dir")
 
     monkeypatch.setattr(supervisor.zmq, "Context", no_zmq)
-    sup = supervisor.Supervisor(_config("--run-dir", str(tmp_path / "run")))
+    sup = supervisor.Supervisor(_config("--run-dir", str(tmp_path / "run")), LivePolicy())
     assert sup.run() == EXIT_CONFIG
     assert "is a symlink" in caplog.text
 

@@ -6,29 +6,26 @@ from __future__ import annotations
 import json
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import zmq
 
 from appliance.core import wire
-from appliance.core.control import status_document
 from appliance.tcpcopyctl.cli import LSB_NOT_RUNNING, LSB_UNKNOWN, call, format_status, main, printable
-from appliance.tcpcopyd.observe import Rates
+from appliance.tcpcopyd.status import Snapshot, document
 from appliance.tcpcopyd.status_schema import NO_ANSWER, check
 
 ESC = "\x1b]0;owned\x07\x1b[2J"
 
 
 def status_doc(**overrides: Any) -> dict:
-    """The status document of a supervisor with no children, made by control.status_document."""
-    config = SimpleNamespace(transfers="8080-198.18.0.3:8080", intercepts=("198.18.0.4",),
-                             interfaces=("eth0",), workers=1, bpf="tcp port 8080", source="command line")
-    sup = SimpleNamespace(children=[], started=time.time() - 5, stopping=False, config=config, rates=Rates(),
-                          runtime={"paused": False, "sample_rate": 1.0, "log_level": "info", "seq": 0},
-                          bad_frames={"control": 0, "stats": 0})
-    doc = status_document(sup)   # type: ignore[arg-type]
+    """The status document of a supervisor with no children, made by status.document."""
+    config = {"transfers": "8080-198.18.0.3:8080", "intercepts": ["198.18.0.4"], "interfaces": ["eth0"],
+              "workers": 1, "filter": "tcp port 8080", "source": "command line"}
+    doc = document(Snapshot(time=time.time(), pid=1, uptime=5.0, stopping=False, rows=[], config=config,
+                            runtime={"paused": False, "sample_rate": 1.0, "log_level": "info", "seq": 0},
+                            bad_frames={"control": 0, "stats": 0}))
     doc.update(overrides)
     return doc
 

@@ -162,13 +162,14 @@ def _operator(sup: Any, run_dir: str, results: dict[str, Any]) -> None:
 
 
 def test_idle_metrics_connections_do_not_delay_control_requests(tmp_path, monkeypatch, restored_signals):
+    from appliance.tcpcopyd.policy import LivePolicy
     from appliance.tcpcopyd.supervisor import Supervisor
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     run_dir = str(tmp_path / "run")
     config = OnlineConfig(transfers="8080-198.18.0.3:8080", intercepts=("198.18.0.4",), interfaces=(),
                           bpf="tcp", workers=1, run_dir=run_dir, engine=EngineParams(), pin_cpus=False,
                           metrics_listen="127.0.0.1:0")
-    sup = Supervisor(config)
+    sup = Supervisor(config, LivePolicy())
     sup.children = []                                # the loop alone: nothing to spawn
     results: dict[str, Any] = {}
     operator = threading.Thread(target=_operator, args=(sup, run_dir, results), daemon=True)

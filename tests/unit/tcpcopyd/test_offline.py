@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 from appliance.tcpcopyd import offline
 from appliance.tcpcopyd.offline import report
+from appliance.tcpcopyd.policy import OfflinePolicy
 from appliance.core.pcapfile import FileSummary
 
 
@@ -39,10 +39,8 @@ def test_packets_the_reader_could_not_replay_are_named_with_their_counters(monke
     rows = [{"role": "reader", "counters": {"packets_read": 9, "packets_kept": 6, "not_ip": 1, "malformed": 2,
                                             "oversized": 1, "unknown_interface": 1, "link_unsupported": 0}},
             {"role": "rewrite", "counters": {"segments_received": 6}}]
-    monkeypatch.setattr(offline, "child_rows", lambda sup, now: rows)
-    sup = SimpleNamespace(drained_at=None, reader_started_at=None, config=SimpleNamespace(speed=0.0))
     files = [FileSummary("a.pcapng", 9, 0, 10**9, 1, {"oversized": 1, "unknown_interface": 1})]
-    data = offline.report_data(sup, files)
+    data = offline.report_data(rows, OfflinePolicy(9, 30.0, progress=False), files, 0.0)
     assert data["packets"] == 11                           # the file's packets, dropped ones too
     assert data["not_replayed"] == {"not_ip": 1, "malformed": 2, "oversized": 1, "unknown_interface": 1}
     assert "packets not replayed: not_ip 1, malformed 2, oversized 1, unknown_interface 1" in report(data)

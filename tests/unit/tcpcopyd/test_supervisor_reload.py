@@ -15,6 +15,7 @@ import pytest
 from appliance.tcpcopyd import cli
 from appliance.config.loader import load, online_config
 from appliance.config.keys import ONLINE
+from appliance.tcpcopyd.policy import LivePolicy
 from appliance.tcpcopyd.supervisor import Supervisor
 
 GOOD = ('[tcpcopyd]\ntransfer = "8080-198.18.0.3:8080"\nintercepts = ["198.18.0.4"]\nworkers = 1\n'
@@ -27,7 +28,8 @@ def supervisor(tmp_path: Path) -> Iterator[tuple[Supervisor, Path, list[dict]]]:
     path = tmp_path / "tcpcopy.toml"
     path.write_text(GOOD)
     args = cli.build_parser().parse_args(["--config", str(path), "--run-dir", str(tmp_path / "run")])
-    sup = Supervisor(online_config(load(ONLINE, str(path), args), str(path)), str(path), args)
+    sup = Supervisor(online_config(load(ONLINE, str(path), args), str(path)), LivePolicy(),
+                     reread=lambda: load(ONLINE, str(path), args))
     published: list[dict] = []
     sup._publish_settings = lambda: published.append(dict(sup.runtime))   # no settings socket before run()
     yield sup, path, published

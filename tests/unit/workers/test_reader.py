@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.core import wire
-from appliance.config.loader import ReaderSpec
+from appliance.config.specs import ReaderSpec
 from tests.unit.pcapkit import ETH, cut_ihl_packet, epb, idb, ip_packet, shb
 from workers.reader import ReaderWorker
 
