@@ -24,9 +24,8 @@ from appliance.core.logs import setup_logging
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL = HEARTBEAT_INTERVAL   # the supervisor kills a child that misses three (lifecycle)
-SETTINGS_INTERVAL = 0.05   # runtime settings are looked for this often, not on every loop turn
-YOUNG = 3.0                # seconds: a child that exits younger says its last counters again ...
-YOUNG_REPEAT = 0.5         # ... for this long
+RUNTIME_POLL = 0.05   # runtime settings are looked for this often, not on every loop turn
+LAST_WORDS = 1.0           # seconds the final stats frame may take to leave at exit
 
 
 class Worker:
@@ -58,9 +57,9 @@ class Worker:
 
     def shutdown(self) -> None: ...
 
-    def apply_settings(self, settings: dict[str, Any]) -> None:
+    def apply_runtime(self, runtime: dict[str, Any]) -> None:
         """Runtime settings from the supervisor (pause, sample rate, log level); on change only."""
-        level = settings.get("log_level")
+        level = runtime.get("log_level")
         if isinstance(level, str):
             logging.getLogger().setLevel(level.upper())
 
@@ -94,17 +93,21 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_term)
         self.ctx = zmq.Context()
         try:
-            self.stats_sock = self.socket(zmq.PUB, connect=wire.stats_endpoint(self.run_dir))
-            self.settings_sock = self.socket(zmq.SUB, connect=wire.settings_endpoint(self.run_dir))
-            self.settings_sock.setsockopt(zmq.SUBSCRIBE, b"")
+            # PUSH, not PUB: frames queue from connect() on, so a child that lives for a moment (a short
+            # offline replay) is still heard; a full queue (the supervisor busy) drops, counted nowhere
+            # because the next heartbeat carries the same totals
+            self.stats_sock = self.socket(zmq.PUSH, connect=wire.stats_endpoint(self.run_dir), hwm=64)
+            self.stats_sock.linger = int(LAST_WORDS * 1000)
+            self.runtime_sock = self.socket(zmq.SUB, connect=wire.runtime_endpoint(self.run_dir))
+            self.runtime_sock.setsockopt(zmq.SUBSCRIBE, b"")
             self.setup()
-            next_settings = 0.0
+            next_runtime = 0.0
             while not self.stopping:
                 self.loop_turns += 1
                 now = time.monotonic()
-                if now >= next_settings:
-                    next_settings = now + SETTINGS_INTERVAL
-                    self._poll_settings()
+                if now >= next_runtime:
+                    next_runtime = now + RUNTIME_POLL
+                    self._poll_runtime()
                 self.step(now)
                 if now >= self._next_stats:
                     self._next_stats = now + STATS_INTERVAL
@@ -114,35 +117,28 @@ class Worker:
                         break
             self.shutdown()
             self.publish_stats()
-            if time.time() - self.started < YOUNG:
-                # PUB drops what it sends before the supervisor's subscription reached it (the slow
-                # joiner): a child that ran this briefly (a short offline replay) may never have been
-                # heard. Its counters are totals, so saying them again is harmless.
-                for _ in range(int(YOUNG_REPEAT / 0.05)):
-                    time.sleep(0.05)
-                    self.publish_stats()
         finally:
             for sock in self._sockets:
                 sock.close()             # each socket's own linger: 0 unless set otherwise
             self.ctx.term()
         return 0
 
-    def _poll_settings(self) -> None:
+    def _poll_runtime(self) -> None:
         latest = None
         while True:
             try:
-                latest = self.settings_sock.recv(zmq.NOBLOCK)
+                latest = self.runtime_sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
         if latest is None:
             return
         try:
-            settings = wire.decode_json(latest, wire.KIND_SETTINGS)
+            runtime = wire.decode_json(latest, wire.KIND_RUNTIME)
         except wire.WireError:
             return
-        if settings.get("seq") != self._settings_seq:
-            self._settings_seq = settings.get("seq")
-            self.apply_settings(settings)
+        if runtime.get("seq") != self._settings_seq:
+            self._settings_seq = runtime.get("seq")
+            self.apply_runtime(runtime)
             self._next_stats = 0.0       # the heartbeat echoes the new seq at once: tcpcopyctl waits for it
 
     def publish_stats(self) -> None:

@@ -202,10 +202,10 @@ class RewriteWorker(Worker):
         return {"capture_to_worker_p50_ms": round(seen[len(seen) // 2] * 1000, 3),
                 "capture_to_worker_p99_ms": round(seen[min(len(seen) - 1, int(len(seen) * 0.99))] * 1000, 3)}
 
-    def apply_settings(self, settings: dict[str, Any]) -> None:
-        super().apply_settings(settings)
-        self.table.paused = bool(settings.get("paused", False))
-        rate = settings.get("sample_rate")
+    def apply_runtime(self, runtime: dict[str, Any]) -> None:
+        super().apply_runtime(runtime)
+        self.table.paused = bool(runtime.get("paused", False))
+        rate = runtime.get("sample_rate")
         if isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0:
             self.table.sample_rate = float(rate)
 

@@ -11,8 +11,9 @@ Batch frame (captured segments, and response headers), all fields big-endian::
 `source id` names the sender (capture index, or an interceptd's random instance id) and
 `batch seq` counts that sender's batches to one receiver, so receivers count lost batches.
 
-Stats/heartbeat, settings and control frames are a version byte, a kind byte and a UTF-8 JSON
-object. No pickle anywhere. Every JSON frame read from a socket goes through `decode_json`, which
+Stats/heartbeat (children -> supervisor, PUSH -> PULL), runtime settings (supervisor -> children,
+PUB -> SUB) and control frames are a version byte, a kind byte and a UTF-8 JSON object. No pickle
+anywhere. Every JSON frame read from a socket goes through `decode_json`, which
 turns any bad input into a WireError: oversized or deeply nested frames, integers outside 64 bits
 (Python refuses over 4,300 digits with a bare ValueError), NaN and infinities.
 
@@ -47,7 +48,7 @@ KIND_SEGMENTS = 1
 KIND_RESPONSES = 2
 KIND_STATS = 3
 KIND_CONTROL = 4
-KIND_SETTINGS = 5        # supervisor -> children: runtime settings (pause, sample rate, log level)
+KIND_RUNTIME = 5        # supervisor -> children: runtime settings (pause, sample rate, log level)
 
 BATCH_HEADER = struct.Struct("!BBHIQ")
 RECORD_HEADER = struct.Struct("!QI")
@@ -58,7 +59,7 @@ MAX_JSON_DEPTH = 32            # nesting of arrays and objects; the status docum
 JSON_INT_RANGE = (-(1 << 63), (1 << 64) - 1)
 
 # ZMQ_MAXMSGSIZE of each kind of socket: the largest frame it may legitimately receive.
-MAX_JSON_MESSAGE = 2 + MAX_JSON_FRAME                   # control, stats and settings sockets
+MAX_JSON_MESSAGE = 2 + MAX_JSON_FRAME                   # control, stats and runtime sockets
 MAX_SEGMENT_RECORDS = 512      # records in a batch of captured segments: capture's batch_max, reader's BATCH
 MAX_SEGMENT_MESSAGE = BATCH_HEADER.size + MAX_SEGMENT_RECORDS * (RECORD_HEADER.size + MAX_RECORD_BYTES)
 MAX_ANSWER_HEADER = 60 + 60    # an answer as interceptd publishes it: IP and TCP headers with options
@@ -239,8 +240,8 @@ def stats_endpoint(run_dir: str) -> str:
     return f"ipc://{os.path.join(run_dir, 'stats')}"
 
 
-def settings_endpoint(run_dir: str) -> str:
-    return f"ipc://{os.path.join(run_dir, 'settings')}"
+def runtime_endpoint(run_dir: str) -> str:
+    return f"ipc://{os.path.join(run_dir, 'runtime')}"
 
 
 def control_endpoint(run_dir: str) -> str:

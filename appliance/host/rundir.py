@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from appliance.core.errors import ConfigError
 
-SOCKETS = ("ctl", "stats", "settings")
+SOCKETS = ("ctl", "stats", "runtime")
 CONTROL = "ctl"
 NEW_DIR_MODE = 0o700
 GROUP_DIR_MODE = 0o750

@@ -139,9 +139,8 @@ class Supervisor:
         self.ctx = zmq.Context()
         self.ctl = self._bind(zmq.ROUTER, wire.control_endpoint(self.config.run_dir))
         self._protect_control_socket()
-        self.stats = self._bind(zmq.SUB, wire.stats_endpoint(self.config.run_dir))
-        self.stats.setsockopt(zmq.SUBSCRIBE, b"")
-        self.settings = self._bind(zmq.PUB, wire.settings_endpoint(self.config.run_dir))
+        self.stats = self._bind(zmq.PULL, wire.stats_endpoint(self.config.run_dir))
+        self.runtime_pub = self._bind(zmq.PUB, wire.runtime_endpoint(self.config.run_dir))
         self.metrics = MetricsServer(self.config.metrics_listen) if self.config.metrics_listen else None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -171,10 +170,10 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             if self.metrics:
                 self.metrics.close()
-            for sock in (self.ctl, self.stats, self.settings):
+            for sock in (self.ctl, self.stats, self.runtime_pub):
                 sock.close(linger=0)
             self.ctx.term()
-            for path in ("ctl", "stats", "settings"):
+            for path in ("ctl", "stats", "runtime"):
                 try:
                     os.unlink(os.path.join(self.config.run_dir, path))
                 except FileNotFoundError:
@@ -196,7 +195,7 @@ class Supervisor:
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.linger = 0
-        sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_JSON_MESSAGE)    # control, stats and settings: JSON frames
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_JSON_MESSAGE)    # control, stats and runtime: JSON frames
         sock.bind(endpoint)
         return sock
 
@@ -358,7 +357,7 @@ class Supervisor:
         for child in self.children:
             child.view.sample(child.pid if child.alive else None)
         self.rates.record(now, totals_of(self.rows()))
-        self._publish_settings()
+        self._publish_runtime()
 
     def _log_summary(self) -> None:
         line, weak = summary_line(self.rows())
@@ -372,13 +371,13 @@ class Supervisor:
         self.runtime["seq"] += 1
         if "log_level" in changes:
             logging.getLogger().setLevel(changes["log_level"].upper())
-        self._publish_settings()
+        self._publish_runtime()
         log.info("runtime settings now %s", {k: v for k, v in self.runtime.items() if k != "seq"})
         return dict(self.runtime)
 
-    def _publish_settings(self) -> None:
+    def _publish_runtime(self) -> None:
         try:
-            self.settings.send(wire.encode_json(wire.KIND_SETTINGS, self.runtime), zmq.NOBLOCK)
+            self.runtime_pub.send(wire.encode_json(wire.KIND_RUNTIME, self.runtime), zmq.NOBLOCK)
         except zmq.Again:
             pass
 

@@ -107,7 +107,7 @@ def test_control_socket_for_a_group_and_the_hand_over(tmp_path):
         victim = tmp_path / "victim"
         victim.write_text("x")
         (run / "stats").symlink_to(victim)
-        (run / "settings").symlink_to(victim)
+        (run / "runtime").symlink_to(victim)
         rundir.hand_over(str(run), "nobody")
         assert run.stat().st_uid == (run / "ctl").lstat().st_uid == (run / "stats").lstat().st_uid == 65534
         assert victim.stat().st_uid == 0

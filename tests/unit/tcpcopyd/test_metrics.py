@@ -138,7 +138,7 @@ def _operator(sup: Any, run_dir: str, results: dict[str, Any]) -> None:
         results["scrape"] = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=3).status
         # bad frames on the stats socket are counted, and the supervisor goes on
         ctx = zmq.Context()
-        pub = ctx.socket(zmq.PUB)
+        pub = ctx.socket(zmq.PUSH)
         pub.connect(wire.stats_endpoint(run_dir))
         bad = [b"junk", bytes([wire.VERSION, wire.KIND_STATS]) + b'{"pid": ' + b"9" * 5000 + b"}",
                wire.encode_json(wire.KIND_STATS, {"role": "rewrite", "counters": [1]})]

@@ -74,7 +74,7 @@ class FakeChild:
 
     def _main(self) -> None:
         ctx = zmq.Context()
-        pub = ctx.socket(zmq.PUB)
+        pub = ctx.socket(zmq.PUSH)
         pub.linger = 1000
         pub.connect(wire.stats_endpoint(self.run_dir))
         try:

@@ -31,7 +31,7 @@ def supervisor(tmp_path: Path) -> Iterator[tuple[Supervisor, Path, list[dict]]]:
     sup = Supervisor(online_config(load(ONLINE, str(path), args), str(path)), LivePolicy(),
                      reread=lambda: load(ONLINE, str(path), args))
     published: list[dict] = []
-    sup._publish_settings = lambda: published.append(dict(sup.runtime))   # no settings socket before run()
+    sup._publish_runtime = lambda: published.append(dict(sup.runtime))   # no settings socket before run()
     yield sup, path, published
     logging.getLogger().setLevel(root_level)
 
