@@ -2,6 +2,7 @@
 
 Runs in its own pinned child. It never blocks on a slow worker: a batch a worker's queue will
 not take is dropped and counted (`queue_drops`). Frames that are not IPv4/TCP are counted too.
+The counters it publishes are the fields of `CaptureCounters` (appliance/core/counters.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import zmq
 
 from appliance.core import wire
 from appliance.config.specs import CaptureSpec, spec_from_json
+from appliance.core.counters import CaptureCounters, as_dict
 from appliance.core.flowkey import shard_of
 from appliance.core.packet import client_key_of, frame_ip
 from workers.base import Worker, child_main
@@ -101,12 +103,10 @@ class CaptureWorker(Worker):
             self.kernel_received, self.kernel_drops, self.if_drops = received, dropped, if_dropped
         except (AttributeError, OSError):
             pass
-        return {
-            "captured": self.captured, "bytes": self.bytes, "not_ip": self.not_ip,
-            "malformed": self.malformed, "queue_drops": self.queue_drops, "batches": self.batches,
-            "kernel_received": self.kernel_received, "kernel_drops": self.kernel_drops,
-            "if_drops": self.if_drops, "largest_packet": self.largest,
-        }
+        return as_dict(CaptureCounters(
+            captured=self.captured, bytes=self.bytes, not_ip=self.not_ip, malformed=self.malformed,
+            queue_drops=self.queue_drops, batches=self.batches, kernel_received=self.kernel_received,
+            kernel_drops=self.kernel_drops, if_drops=self.if_drops, largest_packet=self.largest))
 
     def shutdown(self) -> None:
         self._flush()

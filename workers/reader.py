@@ -5,7 +5,8 @@ a live capture would have kept (those addressed to a transfer's online side), pa
 their timestamps (original timing, N x speed, or as fast as the workers take them, with idle gaps
 optionally cut), and never drops for a full queue: it waits instead. A frame it cannot replay is
 counted, never fatal: `not_ip` (not IPv4/TCP), `malformed` (an IPv4/TCP header cut short by the
-capture), and pcapfile's DROP_COUNTERS. Exits 0 at the end, EXIT_DATA_ERROR on a broken file.
+capture), and pcapfile's drops (FILE_DROPS). Exits 0 at the end, EXIT_DATA_ERROR on a broken file.
+The counters it publishes are the fields of `ReaderCounters` (appliance/core/counters.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import zmq
 from appliance.core import wire
 from appliance.config.specs import ReaderSpec, spec_from_json
 from appliance.core.flowkey import shard_of
+from appliance.core.counters import FILE_DROPS, ReaderCounters, as_dict
 from appliance.core.packet import client_key_of, frame_ip, server_key_of, tcp_flags_of
-from appliance.core.pcapfile import DROP_COUNTERS, PcapError, packets
+from appliance.core.pcapfile import PcapError, packets
 from appliance.core.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 
@@ -181,12 +183,13 @@ class ReaderWorker(Worker):
         sys.stderr.flush()
 
     def counters(self) -> dict[str, Any]:
-        return {"packets_read": self.read, "packets_kept": self.kept, "not_ip": self.not_ip,
-                "malformed": self.malformed, **{k: self.file_drops.get(k, 0) for k in DROP_COUNTERS},
-                "queue_waits": self.queue_waits, "client_connections": self.syns,
-                "file_span_ms": self.file_span_ns // 1_000_000,
-                "replay_ms": int(1000 * ((self.finished_at or time.monotonic()) - self.started_at)),
-                "finished": int(bool(self.finished_at))}
+        return as_dict(ReaderCounters(
+            packets_read=self.read, packets_kept=self.kept, not_ip=self.not_ip, malformed=self.malformed,
+            **{k: self.file_drops.get(k, 0) for k in FILE_DROPS},
+            queue_waits=self.queue_waits, client_connections=self.syns,
+            file_span_ms=self.file_span_ns // 1_000_000,
+            replay_ms=int(1000 * ((self.finished_at or time.monotonic()) - self.started_at)),
+            finished=int(bool(self.finished_at))))
 
 
 def main(spec_json: str) -> None:

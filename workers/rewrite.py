@@ -18,6 +18,7 @@ import zmq
 
 from appliance.core import wire
 from appliance.config.specs import RewriteSpec, spec_from_json
+from appliance.core.counters import RewriteCounters, as_dict
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
@@ -176,23 +177,23 @@ class RewriteWorker(Worker):
     def counters(self) -> dict[str, Any]:
         self.channel.on_monitor()
         self._warn_about_handshakes()
+        # the engine's counters, then the worker's own (RewriteCounters, appliance/core/counters.py);
+        # every worker passes on the interceptds' reports: the supervisor merges them
         out: dict[str, Any] = self.table.counters.as_dict()
-        out.update({
-            "sessions_active": self.table.active(), "sessions_tracked": len(self.table.sessions),
-            "client_tuples_in_use": len(self.table.clients), "client_tuples_exhausted": self.table.clients.exhausted,
-            "buffered_bytes": self.table.buffered_bytes(), "packets_sent": self.sender.sent,
-            "send_errors": dict(self.sender.errors), "bad_frames": self.bad_frames,
-            "malformed": self.malformed, "no_transfer": self.no_transfer,
-            "segment_batches": self.segment_batches, "segments_received": self.segments_received,
-            "response_batches": self.response_batches,
-            "capture_latency_max_ms": round(self.capture_latency_max * 1000, 3),
+        out.update(as_dict(RewriteCounters(
+            sessions_active=self.table.active(), sessions_tracked=len(self.table.sessions),
+            client_tuples_in_use=len(self.table.clients), client_tuples_exhausted=self.table.clients.exhausted,
+            buffered_bytes=self.table.buffered_bytes(), packets_sent=self.sender.sent,
+            send_errors=dict(self.sender.errors), bad_frames=self.bad_frames,
+            malformed=self.malformed, no_transfer=self.no_transfer,
+            segment_batches=self.segment_batches, segments_received=self.segments_received,
+            response_batches=self.response_batches,
+            capture_latency_max_ms=round(self.capture_latency_max * 1000, 3),
             **self._latency_percentiles(),
-            "last_send_at": self.last_send_at,
-            "response_channel": self.channel.counters(),
-            "intercepts_heard": len(self.channel.intercepts),
-        })
-        if self.index == 0:                # the interceptds' own reports, once for the status document
-            out["intercepts"] = self.channel.intercepts_info()
+            last_send_at=self.last_send_at,
+            response_channel=self.channel.counters(),
+            intercepts_heard=len(self.channel.intercepts),
+            intercepts=self.channel.intercepts_info())))
         return out
 
     def _latency_percentiles(self) -> dict[str, float]:

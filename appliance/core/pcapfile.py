@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from appliance.core.counters import FILE_DROPS
 from appliance.core.packet import DLT_EN10MB, DLT_LINUX_SLL, DLT_LINUX_SLL2, DLT_RAW, DLT_RAW_ALT
 
 PCAP_MAGICS = {
@@ -43,7 +44,7 @@ MAX_FRAME = 0xFFFF + MAX_LINK_HEADER       # the largest IPv4 packet and its lin
 MAX_RECORD = 256 * 1024                    # pcap: tcpdump's largest snaplen; beyond it the header is corrupt
 MAX_BLOCK = 16 << 20                       # pcapng: Wireshark's bound on a block; beyond it, corrupt
 SUPPORTED_LINKTYPES = frozenset((DLT_EN10MB, DLT_RAW, DLT_RAW_ALT, DLT_LINUX_SLL, DLT_LINUX_SLL2))
-DROP_COUNTERS = ("oversized", "unknown_interface", "link_unsupported")
+DROP_COUNTERS = FILE_DROPS                 # the names counted in `drops`: ReaderCounters' `file` group
 
 BT_SHB, BT_IDB, BT_PB, BT_SPB, BT_EPB = 0x0A0D0D0A, 1, 2, 3, 6
 OPT_END, OPT_TSRESOL, OPT_TSOFFSET = 0, 9, 14

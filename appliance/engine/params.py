@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from appliance.core.counterfield import total
+
 
 @dataclass(frozen=True, slots=True)
 class EngineParams:
@@ -41,63 +43,89 @@ class EngineParams:
 
 @dataclass(slots=True)
 class EngineCounters:
-    """Monotonic counters of one shard. Every drop and every give-up has its own name."""
+    """Monotonic counters of one shard. Every drop and every give-up has its own name.
 
-    client_segments: int = 0         # captured segments handed to the engine
-    client_syns: int = 0
-    client_dup_syns: int = 0         # retransmitted SYN of a session already started
-    client_pure_acks: int = 0        # dropped by design: we forge our own ACKs
-    client_retransmits: int = 0      # captured bytes already in the stream (client retransmission)
-    client_no_session: int = 0       # FIN/RST/ACK for a connection we never saw start: ignored
-    client_late: int = 0             # captured after the session closed: ignored
-    sessions_started: int = 0
-    sessions_fake_syn: int = 0       # started mid-stream (open before tcpcopyd, or after a resync)
-    midstream_refused: int = 0       # mid-stream data of a connection the online host never accepted (spoofed?)
-    sessions_established: int = 0
-    sessions_completed: int = 0      # both sides closed cleanly
-    sessions_reset_by_client: int = 0
-    closes_forced: int = 0           # a client FIN/RST sent session_timeout after capture, bytes still unacked
-    sessions_reset_by_target: int = 0
-    target_resets_challenged: int = 0  # RST from the target's side not at rcv_nxt: a challenge ACK sent
-    target_resets_ignored: int = 0   # ... outside the window (or not for our SYN): ignored (forged?)
-    sessions_timed_out: int = 0
-    handshake_timeouts: int = 0      # G8: no SYN-ACK reached us (route, assistant, filter?)
-    handshake_refused: int = 0       # target answered the SYN with RST (nothing listening?)
-    target_stale_resets: int = 0     # ... with an ACK: it held an older connection on the 4-tuple, reset
-    target_isn_changes: int = 0      # a second SYN-ACK with another ISN (SYN cookies, our SYN sent twice)
-    port_reuse_moves: int = 0        # G4: new SYN on a client port whose session was still open or closing
-                                     # on the target: replayed from a spare port (the old one finishes)
-    port_reuse_resets: int = 0       # ... and no spare port: the old session was reset
-    port_reuse_waits: int = 0        # ... and no spare port, the old one closing: the new one waited for it
-    capture_gaps: int = 0            # G1: a hole in the captured client stream that never filled
-    gap_bytes_skipped: int = 0
-    buffer_overflows: int = 0
-    resync_bytes_dropped: int = 0    # captured bytes dropped while waiting for a turn to resync on
-    restarts: int = 0                # new target connection for an existing client session
-    sessions_shutdown: int = 0       # reset on the target because tcpcopyd stopped
-    sessions_evicted: int = 0        # oldest sessions reset and forgotten: the table was full
-    sessions_skipped_paused: int = 0 # not replayed: they started while replication was paused
-    sessions_skipped_sampled: int = 0  # not replayed: outside the sample rate
-    sessions_shed: int = 0           # not replayed: the worker was too far behind its capture (overload)
-    client_skipped: int = 0          # captured segments of connections not replayed (by choice)
-    segments_sent: int = 0
-    chunks_coalesced: int = 0        # captured segments sent inside an earlier one's segment (pipelined)
-    bytes_sent: int = 0              # client payload bytes sent to the target (first sends only)
-    retransmits: int = 0             # to the target, on timeout
-    syn_retransmits: int = 0         # SYNs sent again: no SYN-ACK yet (target down, slow or unreachable)
-    fast_retransmits: int = 0        # to the target, on 3 duplicate acks
-    acks_sent: int = 0               # pure ACKs we forged
-    resets_sent: int = 0
-    window_stalls: int = 0           # sends held by the target's window
-    turns_waited: int = 0            # requests held for the target's answer
-    turns_quiet: int = 0             # ... released by response quiet time (sizes differ)
-    turns_lagged: int = 0            # ... released because the session fell max_lag behind
-    responses: int = 0               # response headers handed to the engine
-    responses_unmatched: int = 0     # for no session of ours
-    responses_late: int = 0          # for a session already closed
-    response_gaps: int = 0           # response headers missing between two we saw
-    bytes_acked: int = 0             # client payload bytes acknowledged by the target
-    sessions_hibernated: int = 0     # idle sessions packed into bytes (revived on their next packet)
+    Each field's metadata (kind, groups, description: appliance/core/counterfield.py) is what
+    status, metrics, the schema and the reports list it by; the engine only ever does `+= 1` on the
+    attributes, and the worker reads them with `as_dict` once a second.
+    """
+
+    client_segments: int = total("captured client segments handed to the engine", "rate")
+    client_syns: int = total("captured client SYNs")
+    client_dup_syns: int = total("retransmitted client SYNs of a session already started")
+    client_pure_acks: int = total("captured pure ACKs, dropped by design: the engine forges its own ACKs")
+    client_retransmits: int = total("captured segments whose bytes were already in the stream "
+                                    "(the client retransmitted)")
+    client_no_session: int = total("captured FIN, RST or ACK of a connection never seen starting: ignored",
+                                   "drop")
+    client_late: int = total("captured segments that came after their session closed: ignored", "drop")
+    sessions_started: int = total("sessions started on the target", "rate")
+    sessions_fake_syn: int = total("sessions started mid-stream with a forged SYN (open before tcpcopyd, "
+                                   "or after a resync)")
+    midstream_refused: int = total("mid-stream connections the online host's socket table does not hold "
+                                   "(spoofed segments?): not replayed", "drop")
+    sessions_established: int = total("sessions whose handshake with the target completed")
+    sessions_completed: int = total("sessions closed cleanly on both sides", "rate")
+    sessions_reset_by_client: int = total("sessions the client reset", "not_completed")
+    closes_forced: int = total("client FINs/RSTs sent session_timeout after their capture, bytes still "
+                               "unacknowledged", "drop")
+    sessions_reset_by_target: int = total("sessions the target reset", "not_completed")
+    target_resets_challenged: int = total("RSTs from the target's side not at rcv_nxt: a challenge ACK sent",
+                                          "repair")
+    target_resets_ignored: int = total("RSTs from the target's side outside the window (or not for our SYN): "
+                                       "ignored (forged?)", "drop")
+    sessions_timed_out: int = total("sessions reset after session_timeout (or keepalive_timeout) without "
+                                    "traffic", "drop", "not_completed")
+    handshake_timeouts: int = total("SYNs no SYN-ACK answered within handshake_timeout (route, assistant, "
+                                    "filter?)", "drop", "not_completed")
+    handshake_refused: int = total("SYNs the target answered with a RST (nothing listening?)",
+                                   "drop", "not_completed")
+    target_stale_resets: int = total("SYNs answered with an ACK for an older connection on the 4-tuple: "
+                                     "that one reset", "repair")
+    target_isn_changes: int = total("second SYN-ACKs with another ISN (SYN cookies, our SYN sent twice)",
+                                    "repair")
+    port_reuse_moves: int = total("new SYNs on a client port whose session was still open or closing on the "
+                                  "target: replayed from a spare port (the old one finishes)", "repair")
+    port_reuse_resets: int = total("new SYNs on a client port still in use and no spare port: the old "
+                                   "session was reset", "drop", "not_completed")
+    port_reuse_waits: int = total("new SYNs on a client port whose session was closing and no spare "
+                                  "port: the new one waited for it")
+    capture_gaps: int = total("holes in the captured client stream that never filled", "drop", "not_completed")
+    gap_bytes_skipped: int = total("client bytes skipped over capture gaps")
+    buffer_overflows: int = total("sessions resynchronised because they buffered more than buffer_limit",
+                                  "drop", "not_completed")
+    resync_bytes_dropped: int = total("captured bytes dropped while waiting for a turn to resync on", "drop")
+    restarts: int = total("new target connections for an existing client session", "repair")
+    sessions_shutdown: int = total("sessions reset on the target because tcpcopyd stopped", "not_completed")
+    sessions_evicted: int = total("oldest sessions reset and forgotten: the table was full (max_sessions)",
+                                  "not_completed")
+    sessions_skipped_paused: int = total("sessions not replayed: they started while replication was paused",
+                                         "drop", "not_completed")
+    sessions_skipped_sampled: int = total("sessions not replayed: outside the sample rate",
+                                          "drop", "not_completed")
+    sessions_shed: int = total("sessions not replayed: the worker was more than shed_lag behind its "
+                               "capture (overload)", "drop")
+    client_skipped: int = total("captured segments of connections not replayed (by choice)")
+    segments_sent: int = total("segments emitted towards the target (SYNs, data, ACKs, RSTs)")
+    chunks_coalesced: int = total("captured segments sent inside an earlier one's segment (pipelined)",
+                                  "repair")
+    bytes_sent: int = total("client payload bytes sent to the target (first sends only)", "rate")
+    retransmits: int = total("segments sent to the target again, on timeout", "repair", "rate")
+    syn_retransmits: int = total("SYNs sent again: no SYN-ACK yet (target down, slow or unreachable)",
+                                 "repair")
+    fast_retransmits: int = total("segments sent to the target again, on 3 duplicate ACKs", "repair")
+    acks_sent: int = total("pure ACKs forged")
+    resets_sent: int = total("RSTs sent to the target")
+    window_stalls: int = total("sends held by the target's window")
+    turns_waited: int = total("requests held for the target's answer")
+    turns_quiet: int = total("held requests released by response quiet time (sizes differ)")
+    turns_lagged: int = total("held requests released because the session fell max_lag behind")
+    responses: int = total("target response headers handed to the engine", "rate")
+    responses_unmatched: int = total("response headers for no session of ours", "drop")
+    responses_late: int = total("response headers for a session already closed")
+    response_gaps: int = total("response headers missing between two that arrived")
+    bytes_acked: int = total("client payload bytes the target acknowledged")
+    sessions_hibernated: int = total("idle sessions packed into bytes (revived on their next packet)")
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

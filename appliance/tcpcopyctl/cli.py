@@ -27,6 +27,9 @@ import zmq
 from appliance.core import wire
 from appliance.config.loader import DEFAULT_RUN_DIR
 from appliance.core.control import Request, decode_reply, encode_request, error_reply
+# drops and give-ups; repairs: what the engine did to keep a session whole when the traffic or the
+# target did not play along (the records' `drop` and `repair` groups, in pipeline order)
+from appliance.core.counters import DROP_COUNTERS, REPAIR_COUNTERS
 
 LSB_RUNNING = 0
 LSB_NOT_RUNNING = 3
@@ -37,16 +40,6 @@ SHARD_COLUMNS = (("sessions_active", "active"), ("sessions_completed", "done"),
                  ("sessions_reset_by_target", "reset"), ("sessions_timed_out", "t/o"),
                  ("packets_sent", "sent"), ("retransmits", "retrans"), ("responses", "resp"),
                  ("responses_unmatched", "unmatched"))
-DROP_COUNTERS = ("client_no_session", "client_late", "capture_gaps", "buffer_overflows", "resync_bytes_dropped",
-                 "handshake_timeouts", "handshake_refused", "port_reuse_resets", "responses_unmatched",
-                 "bad_frames", "malformed", "no_transfer", "sessions_timed_out", "sessions_skipped_paused",
-                 "sessions_skipped_sampled", "sessions_lost_in_restarts", "queue_drops", "kernel_drops",
-                 "batches_lost", "not_ip", "intercept_fields_dropped", "oversized", "unknown_interface",
-                 "link_unsupported", "midstream_refused", "target_resets_ignored", "closes_forced",
-                 "sessions_shed")
-# what the engine did to keep a session whole when the traffic or the target did not play along
-REPAIR_COUNTERS = ("port_reuse_moves", "restarts", "syn_retransmits", "target_stale_resets", "target_isn_changes",
-                   "target_resets_challenged", "retransmits", "fast_retransmits", "chunks_coalesced")
 MAX_SHOWN = 300            # characters of one string of the status document printed
 
 

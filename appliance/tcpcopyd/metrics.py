@@ -2,7 +2,9 @@
 
 Off unless `metrics_listen` is set. Each scrape is answered from the same cached rows that
 `tcpcopyctl status` shows: every integer counter of every child becomes
-`tcpcopy_<role>_<counter>` with labels `index` (and `errno` for send errors).
+`tcpcopy_<role>_<counter>` with labels `index` (and `errno` for send errors). Whether it is a
+gauge or a counter, and its help text, come from the role's counters record
+(appliance/core/counters.py); a name no record declares is exported as a counter, its help its name.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from appliance.tcpcopyd.observe import GAUGES
+from appliance.core import counters as records
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,11 @@ CLIENT_TIMEOUT = 2.0       # seconds a connection may stay open, from accept to 
 MAX_CLIENTS = 64           # connections open at once
 LISTEN_BACKLOG = 16
 ACCEPT_REST = 1.0
+
+
+def _help(role: str, name: str) -> str:
+    """The record's description of a counter; its name when no record declares it."""
+    return records.description(role, name) if records.kind_of(role, name) else name
 
 
 class _RowsCollector:
@@ -42,19 +49,20 @@ class _RowsCollector:
             for name, value in counters.items():
                 role, name = name if isinstance(name, tuple) else (row["role"], name)
                 metric = f"tcpcopy_{role}_{name}"
-                if isinstance(value, bool):
+                if isinstance(value, bool) or records.kind_of(role, name) == "info":
                     continue
                 if isinstance(value, int):
                     fam = families.get(metric)
                     if fam is None:
-                        fam = families[metric] = (GaugeMetricFamily(metric, name, labels=["index"])
-                                                  if name in GAUGES else
-                                                  CounterMetricFamily(metric, name, labels=["index"]))
+                        fam = families[metric] = (GaugeMetricFamily(metric, _help(role, name), labels=["index"])
+                                                  if records.kind_of(role, name) == "gauge" else
+                                                  CounterMetricFamily(metric, _help(role, name), labels=["index"]))
                     fam.add_metric([index], value)
                 elif isinstance(value, dict):
                     fam = families.get(metric)
                     if fam is None:
-                        fam = families[metric] = CounterMetricFamily(metric, name, labels=["index", "errno"])
+                        fam = families[metric] = CounterMetricFamily(metric, _help(role, name),
+                                                                     labels=["index", "errno"])
                     for key, count in value.items():
                         fam.add_metric([index, str(key)], count)
             for name, value in (("up", 1 if row["pid"] else 0), ("restarts", row["restarts"])):

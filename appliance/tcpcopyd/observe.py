@@ -13,17 +13,11 @@ from typing import Any
 
 import psutil
 
+# GAUGES: levels, not totals (not summed across a child's incarnations); RATE_COUNTERS: role ->
+# the totals given per-second rates. Both come from the counters records.
+from appliance.core.counters import GAUGES, RATE_COUNTERS
+
 RATE_WINDOW = 10.0
-# counters that are levels, not totals: not summed across a child's incarnations, gauges in Prometheus
-GAUGES = frozenset({"sessions_active", "sessions_tracked", "buffered_bytes", "largest_packet",
-                    "capture_latency_max_ms", "intercepts_heard", "client_tuples_in_use",
-                    "capture_to_worker_p50_ms", "capture_to_worker_p99_ms"})
-RATE_COUNTERS = {
-    "capture": ("captured", "bytes", "kernel_drops", "queue_drops"),
-    "rewrite": ("client_segments", "packets_sent", "bytes_sent", "sessions_started", "sessions_completed",
-                "retransmits", "responses"),
-    "responses": ("headers", "batches_lost"),
-}
 
 
 def add_counters(into: dict[str, Any], more: dict[str, Any]) -> None:

@@ -8,17 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from appliance.core.pcapfile import DROP_COUNTERS, FileSummary, scan
+from appliance.core.counters import NOT_COMPLETED, NOT_REPLAYED
+from appliance.core.pcapfile import FileSummary, scan
 from appliance.tcpcopyd.policy import OfflinePolicy
 from appliance.tcpcopyd.status import funnel, totals_of
 
-# Why a client connection of the files did not complete on the target: each has its counter.
-NOT_COMPLETED = ("sessions_reset_by_target", "sessions_reset_by_client", "sessions_timed_out",
-                 "handshake_timeouts", "handshake_refused", "port_reuse_resets", "sessions_evicted",
-                 "sessions_shutdown", "sessions_lost_in_restarts", "sessions_skipped_paused",
-                 "sessions_skipped_sampled", "capture_gaps", "buffer_overflows")
-# Why a packet of the files was not replayed at all: the reader's counters.
-NOT_REPLAYED = ("not_ip", "malformed", *DROP_COUNTERS)
+__all__ = ["NOT_COMPLETED", "NOT_REPLAYED", "check_files", "report", "report_data", "write_json"]
 
 
 def check_files(paths: tuple[str, ...]) -> list[FileSummary]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.core.counters import in_group
 from appliance.tcpcopyd.observe import add_counters
 
 STATUS_SCHEMA_VERSION = 2
 ROLES = ("capture", "rewrite", "reader")
-# Counters of the channel from interceptd that every worker counts for the same event (an
-# interceptd restart is seen by each subscriber): their total is the largest, not the sum.
-SEEN_BY_EVERY_WORKER = frozenset({"intercept_restarts"})
+SEEN_BY_EVERY_WORKER = frozenset(in_group("responses", "shared"))   # over workers: the largest
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,19 +2,30 @@
 
 Scripts may rely on every field below; new fields may be added, none removed or retyped
 without raising `schema`. Types: "int", "float" (int accepted), "str", "bool", "list", "dict",
-"int|null", "float|null", or a nested dict for an object. Counter names inside `counters` and
-`totals` are the ones listed in appliance/engine/params.py (EngineCounters) and in each worker's
-counters() (capture, rewrite, reader; the channel from interceptd in appliance/tcpcopyd/answers.py);
-they only ever grow, across restarts too.
+"int|null", "float|null", or a nested dict for an object. The counter names inside a child's
+`counters`, `totals` and `rates.per_second` are those of COUNTERS (role -> name -> (kind,
+description)), made from the counters records in appliance/core/counters.py; they only ever grow,
+across restarts too. `check` also reports a name no record declares. The counters of `intercepts`
+are interceptd's (role `interceptd` in COUNTERS) but are not checked: interceptd runs on another
+host and may be of another version.
 
 Schema 2 (from 1): there is no `responses` child any more: each rewrite worker subscribes to
 interceptd itself. `totals.responses` stays, summed from the workers' `response_channel`
-counters, without the relay's `queue_drops` and `intercepts_seen`; `intercepts` comes from worker 0.
+counters, without the relay's `queue_drops` and `intercepts_seen`; `intercepts` lists what the
+rewrite workers heard from the interceptds.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from appliance.core.counters import ROLE_RECORDS, declared
+
+# role -> counter name -> (kind: total | gauge | info, what it counts)
+COUNTERS: dict[str, dict[str, tuple[str, str]]] = {
+    role: {name: (meta.kind, meta.description) for name, meta in declared(role).items()}
+    for role in ROLE_RECORDS
+}
 
 CHILD = {
     "role": ("str", "capture | rewrite | reader"),
@@ -27,7 +38,7 @@ CHILD = {
     "cpu_percent": ("float|null", "CPU use over the last second, % of one core (psutil)"),
     "rss_bytes": ("int|null", "resident memory (psutil)"),
     "counters": ("dict", "its counters, summed over all its incarnations"),
-    "info": ("dict", "non-counter details (rewrite worker 0 lists the interceptds it hears here)"),
+    "info": ("dict", "non-counter details (a rewrite worker lists the interceptds it hears here)"),
     "settings_seq": ("int|null", "the runtime settings (runtime.seq) it has applied; null before its first"),
 }
 
@@ -128,4 +139,30 @@ def check(doc: Any, schema: dict[str, Any] = STATUS, where: str = "") -> list[st
     if schema is STATUS and isinstance(doc.get("children"), list):
         for i, child in enumerate(doc["children"]):
             problems += check(child, CHILD, f"children[{i}]")
+    if schema is STATUS:
+        problems += unknown_counters(doc)
+    return problems
+
+
+def unknown_counters(doc: dict[str, Any]) -> list[str]:
+    """Every counter name of a status document that no record declares for its role (children's
+    `counters`, `totals`, `rates.per_second`); empty when all are known."""
+    def mapping(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    children = doc.get("children")
+    places: list[tuple[str, str, Any]] = [
+        (f"children[{i}].counters", str(child.get("role")), child.get("counters"))
+        for i, child in enumerate(children if isinstance(children, list) else []) if isinstance(child, dict)]
+    places += [(f"totals.{role}", role, c) for role, c in mapping(doc.get("totals")).items()]
+    places += [(f"rates.per_second.{role}", role, c)
+               for role, c in mapping(mapping(doc.get("rates")).get("per_second")).items()]
+    problems = []
+    for path, role, counters in places:
+        known = COUNTERS.get(role)
+        if known is None:
+            problems.append(f"{path}: no counters are declared for role {role!r}")
+        elif isinstance(counters, dict):
+            problems += [f"{path}.{name}: not a declared counter of {role}" for name in counters
+                         if name not in known]
     return problems
