@@ -22,6 +22,14 @@ ln -sfn "$python" "$venv/bin/python3"
 # no wheel cache: a cached pypcap wheel may have been built by another python 3.11 (its RUNPATH named it)
 "$pip" --python "$venv/bin/python" install --quiet --no-cache-dir --no-compile --no-warn-script-location "$project"
 
+# the lab (appliance/lab, tcpcopy-lab) is a development and demo tool: production packages do not carry it
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+rm -rf "$site/appliance/lab" "$venv/bin/tcpcopy-lab"
+for dist in "$site"/tcpcopy_py-*.dist-info; do
+    sed -i '/^appliance\/lab\//d; /^\.\.\/\.\.\/\.\.\/bin\/tcpcopy-lab,/d' "$dist/RECORD"
+    sed -i '/^tcpcopy-lab *=/d' "$dist/entry_points.txt"
+done
+
 # from STAGE/opt/tcpcopy-py to /opt/tcpcopy-py
 for f in "$venv"/bin/*; do
     [ -L "$f" ] && continue

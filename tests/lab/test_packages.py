@@ -213,6 +213,9 @@ def test_rpm_metadata_files_scripts_and_requirements(built):
     assert {f"{VENV_BIN}/tcpcopyd", f"{VENV_BIN}/interceptd", f"{VENV_BIN}/python", "/usr/bin/tcpcopyctl",
             "/usr/share/doc/tcpcopy-py/README.md"} <= set(common)
     assert not any(path.startswith(("/lib/", "/usr/lib/systemd")) for path in common)
+    # the three programs and their shared core, not the lab (a development and demo tool)
+    assert any(path.endswith("/appliance/tcpcopyd/supervisor.py") for path in common)
+    assert not any("/appliance/lab/" in path or path.endswith("/tcpcopy-lab") for path in common)
     for name, daemon, conf in (("tcpcopy-online", "tcpcopyd", "tcpcopy.toml"),
                                ("tcpcopy-intercept", "interceptd", "intercept.toml")):
         assert q(name, "-l").split() == sorted([f"/etc/tcpcopy/{conf}", f"/usr/lib/systemd/system/{daemon}.service",
