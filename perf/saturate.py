@@ -56,6 +56,9 @@ AB_CLIENT_PORTS = (1024, 65535)
 PACED_RATE = 5000
 QUIET = 2.0                     # the target's log unchanged this long: it is done (nginx flushes every 1 s)
 ONLINE_QUIET = 1.5
+# offline: the original replays a file and then idles; it is stopped once the target's log has been
+# quiet this long (longer than its 3 s handshake deadline, so sessions it is still trying can land)
+OFFLINE_QUIET = 5.0
 FIRST_LINE_LIMIT = 15.0         # offline: the first copied request must show within this
 POOL_FIRST = 20                 # client pools 198.18.20.0/24, 198.18.21.0/24, ...
 KERNEL_KEYS = ("TcpExtTCPReqQFullDoCookies", "TcpExtTCPReqQFullDrop", "TcpExtEmbryonicRsts",
@@ -313,7 +316,8 @@ def offline_run(capture: dict[str, Any], repl: Replicator, rig: ReplicationRig, 
     target = rig.nginx["target"].log
     settle(target, QUIET, opts.settle_limit)
     before = mark(target)
-    res = repl.replay(capture["pcap"], pool, lambda: settle(target, QUIET, opts.settle_limit, FIRST_LINE_LIMIT))
+    res = repl.replay(capture["pcap"], pool,
+                      lambda: settle(target, OFFLINE_QUIET, opts.settle_limit, FIRST_LINE_LIMIT))
     got = sorted(msecs(target, before))
     span = (got[-1] - got[0]) if len(got) > 1 else 0.0
     # stragglers (sessions waiting on a reused port, say) stretch the span: when had 99 % arrived
