@@ -16,7 +16,10 @@ microseconds per packet per role (psutil; the whole online side against the orig
 the target or the 2 cores bound says so); writes perf/results/<time>.json and .png and prints
 the table. `--profile` adds one topspeed replay per workload under py-spy and prints where the
 time goes, per process. Then live replication at fixed request rates (perf/live.py), with the
-original's CPU figures for the same load beside ours.
+original's CPU figures for the same load beside ours. Then, in a lab of its own, saturating live
+loads against nginx (wrk, ab, one connection at 5k req/s) and offline replays of tcpdump captures
+of wrk and ab (perf/saturate.py); `--original DIR` runs the original C tcpcopy and intercept
+through the same loads in the same run; `--saturate-only` runs that section alone.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from appliance.lab.rig import ReplicationRig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import live  # noqa: E402
+import saturate  # noqa: E402
 from workloads import CALIBRATE, Workload, pg_startup, standard, write_pcap  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -313,24 +317,14 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
-    ap.add_argument("--workers", default="auto", help="tcpcopyd's rewrite workers (default: tcpcopyd's, auto)")
-    ap.add_argument("--no-live", action="store_true", help="skip the live runs at fixed request rates")
-    ap.add_argument("--keep", action="store_true", help="keep the work files (captures, profiles) in /tmp")
-    ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
-    ap.add_argument("--profile-speed", default="top", help="speed of the profiled replay (default top)")
-    ap.add_argument("--speeds", default=",".join(SPEEDS), help=f"replays to measure (default {','.join(SPEEDS)})")
-    ap.add_argument("--profile", action="store_true",
-                    help="one more topspeed replay per workload under py-spy; print where the time goes")
-    args = ap.parse_args()
+def measure_workloads(args: argparse.Namespace, work: Path) -> tuple[dict, list]:
+    """The generated captures (tcpreplay against tcpcopyd --offline) and the paced live runs, in the
+    tclperf lab; (per-workload results, live rows)."""
     lab = Lab("tclperf")
-    work = Path(tempfile.mkdtemp(prefix="tcpcopy-perf-"))
-    work.chmod(0o755)             # the postgres user reaches its data directory below
     rig = ReplicationRig(lab, work / "rig", tcpcopyd_args=("--workers", args.workers), port=live.PORT,
                          intercept_filter=f"tcp and src host {ADDR['target']} and "
-                                          f"(src port 8080 or src port 5432 or src port {live.PORT})")
+                                          f"(src port 8080 or src port 5432 or src port {live.PORT})",
+                         bindir=args.bindir)
     targets = Targets(lab, work)
     results: dict = {}
     pools: list[str] = []
@@ -370,19 +364,60 @@ def main() -> None:
         rig.close()
         targets.stop()
         lab.down()
+    return results, live_rows
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM ends the run like Ctrl-C: every `finally` stops its processes and removes its lab."""
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="two workloads, topspeed only")
+    ap.add_argument("--workers", default="auto", help="tcpcopyd's rewrite workers (default: tcpcopyd's, auto)")
+    ap.add_argument("--no-live", action="store_true", help="skip the live runs at fixed request rates")
+    ap.add_argument("--keep", action="store_true", help="keep the work files (captures, profiles) in /tmp")
+    ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only these workloads")
+    ap.add_argument("--profile-speed", default="top", help="speed of the profiled replay (default top)")
+    ap.add_argument("--speeds", default=",".join(SPEEDS), help=f"replays to measure (default {','.join(SPEEDS)})")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more topspeed replay per workload under py-spy; print where the time goes")
+    ap.add_argument("--bindir", metavar="DIR",
+                    help="where tcpcopyd, interceptd come from (default: next to this interpreter)")
+    saturate.add_arguments(ap)
+    args = ap.parse_args()
+    sat_options = saturate.options(ap, args)
+    signal.signal(signal.SIGTERM, _terminated)
+    work = Path(tempfile.mkdtemp(prefix="tcpcopy-perf-"))
+    work.chmod(0o755)             # the postgres user reaches its data directory below
+    results: dict = {}
+    live_rows: list = []
+    saturated: dict | None = None
+    try:
+        if not args.saturate_only:
+            results, live_rows = measure_workloads(args, work)
+        if not args.no_saturate:
+            saturated = saturate.run(sat_options, work / "saturate")
+    finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps({"workloads": results, "live": live_rows}, indent=2))
-    print_table(results)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(
+        {"workloads": results, "live": live_rows, "saturate": saturated}, indent=2, default=str))
+    if results:
+        print_table(results)
     if live_rows:
         live.print_table(live_rows)
-    try:
-        plot(results, RESULTS / f"{stamp}.png")
-    except ImportError:
-        print("no plot: matplotlib is not installed (make perf installs it)")
-    print(f"results: {RESULTS / (stamp + '.json')} (and .png); "
+    if saturated:
+        saturate.print_tables(saturated)
+    if results:
+        try:
+            plot(results, RESULTS / f"{stamp}.png")
+        except ImportError:
+            print("no plot: matplotlib is not installed (make perf installs it)")
+    print(f"results: {RESULTS / (stamp + '.json')}" + (" (and .png); " if results else "; ")
           + (f"work files in {work}" if args.keep else "work files removed (--keep keeps them)"))
 
 
