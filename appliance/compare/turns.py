@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from appliance.packet import ACK, FIN, RST, SYN
 from appliance.wire import (
     MAX_TURN_HEAD, TURN_CONTINUED, TURN_DIGEST_SIZE, TURN_END_EVICTED, TURN_END_FIN, TURN_END_IDLE,
-    TURN_END_RST, TURN_INCOMPLETE, TURN_ISN_KNOWN, TurnRecord,
+    TURN_END_RST, TURN_HTTP_BODY, TURN_INCOMPLETE, TURN_ISN_KNOWN, TurnRecord,
 )
 
 Turn = TurnRecord            # the assembler's output is exactly what interceptd publishes
@@ -340,6 +340,8 @@ class TurnAssembler:
         if fl.isn is not None:
             flags |= TURN_ISN_KNOWN
         http = fl.mode == _BODY and fl.body_hash is not None
+        if http:
+            flags |= TURN_HTTP_BODY
         turn = Turn(
             fl.key[0], fl.key[1], fl.key[2], fl.key[3], fl.ack,
             None if fl.isn is None else (fl.ack - fl.isn - 1) % _SEQ_MOD,
