@@ -105,7 +105,7 @@ class AnswerSegment:
 
 class _FlowState:
     __slots__ = ("key", "isn", "next_seq", "ack", "index", "closed", "last_ns", "continued_ack",
-                 "open", "start_seq", "first_ns", "t_last_ns", "captured", "incomplete", "continued",
+                 "open", "span", "first_ns", "t_last_ns", "captured", "incomplete", "continued",
                  "mode", "pending", "tail", "hash", "body_hash", "body_offset", "head")
 
     def __init__(self, key: Flow, next_seq: int, ack: int, isn: int | None) -> None:
@@ -118,7 +118,7 @@ class _FlowState:
         self.last_ns = 0
         self.continued_ack: int | None = None   # ACK of a turn emitted by turn_idle
         self.open = False
-        self.start_seq = 0
+        self.span = 0                       # sequence space of the turn: bytes seen and holes between
         self.first_ns = 0
         self.t_last_ns = 0
         self.captured = 0                   # bytes digested in this turn
@@ -158,7 +158,8 @@ class TurnAssembler:
 
     def feed(self, flow: Flow, seq: int, ack: int, flags: int, payload: bytes | memoryview, ts_ns: int,
              length: int | None = None) -> tuple[Turn, ...]:
-        """One answer segment (server -> client). The hot path: no allocation when nothing ends."""
+        """One answer segment (server -> client), with its capture time. The hot path: returns the
+        shared empty tuple when no turn ends."""
         c = self.counters
         c.segments += 1
         if length is None:
@@ -193,6 +194,7 @@ class TurnAssembler:
             c.gaps += 1
             if fl.open:
                 fl.incomplete = True
+                fl.span += behind
             fl.next_seq = seq
             behind = 0
         if flags & ACK and ack != fl.ack:
@@ -257,12 +259,12 @@ class TurnAssembler:
         del self._flows[fl.key]
         return (self._emit(fl, reason),) if fl.open else _NONE
 
-    def _open_turn(self, fl: _FlowState, seq: int, ts_ns: int) -> None:
+    def _open_turn(self, fl: _FlowState, ts_ns: int) -> None:
         if fl.open:
             return
         fl.open = True
         fl.hash = hashlib.blake2b(digest_size=TURN_DIGEST_SIZE)
-        fl.start_seq = seq
+        fl.span = 0
         fl.first_ns = ts_ns
         fl.continued = fl.continued_ack == fl.ack
 
@@ -278,10 +280,13 @@ class TurnAssembler:
             seq = fl.next_seq
             payload = payload[skip:]
             length -= skip
-        self._open_turn(fl, seq, ts_ns)
         if behind > 0:
             c.gaps += 1
             fl.incomplete = True
+            if fl.open:                      # a hole inside the turn counts in its length
+                fl.span += behind
+        self._open_turn(fl, ts_ns)
+        fl.span += length
         if len(payload) < length:
             c.short_captures += 1
             fl.incomplete = True
@@ -345,7 +350,7 @@ class TurnAssembler:
         turn = Turn(
             fl.key[0], fl.key[1], fl.key[2], fl.key[3], fl.ack,
             None if fl.isn is None else (fl.ack - fl.isn - 1) % _SEQ_MOD,
-            fl.index, fl.first_ns, max(fl.t_last_ns, fl.first_ns), (fl.next_seq - fl.start_seq) % _SEQ_MOD,
+            fl.index, fl.first_ns, max(fl.t_last_ns, fl.first_ns), fl.span,
             fl.hash.digest(), fl.body_offset if http else None,
             fl.body_hash.digest() if http and fl.body_hash is not None else None,
             flags, bytes(fl.head))

@@ -245,8 +245,10 @@ class Verdicts:
         w = self._waiting(session)
         other = w.target.pop(turn.index, None)
         if other is None:
+            if w.online.pop(turn.index, None) is not None:
+                self.counters.unpaired_online += 1      # the same index again: a flow restarted
             w.online[turn.index] = (turn, latency_ns, request)
-            self._bound(session, w)
+            self._bound(w)
             return None
         return self._judge(turn, latency_ns, request, other[0], other[1])
 
@@ -255,8 +257,10 @@ class Verdicts:
         w = self._waiting(session)
         other = w.online.pop(turn.index, None)
         if other is None:
+            if w.target.pop(turn.index, None) is not None:
+                self.counters.unpaired_target += 1
             w.target[turn.index] = (turn, latency_ns)
-            self._bound(session, w)
+            self._bound(w)
             return None
         return self._judge(other[0], other[1], other[2], turn, latency_ns)
 
@@ -278,7 +282,7 @@ class Verdicts:
             self._sessions.move_to_end(session)
         return w
 
-    def _bound(self, session: Hashable, w: _Waiting) -> None:
+    def _bound(self, w: _Waiting) -> None:
         # a side far ahead of the other: its oldest turns will not be paired any more
         while len(w.online) > self.spec.max_pending:
             w.online.popitem(last=False)

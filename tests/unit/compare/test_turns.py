@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.compare.turns import AnswerSegment, AssemblerSpec, TurnAssembler
+from appliance.compare.turns import AnswerSegment, AssemblerSpec, Turn, TurnAssembler
 from appliance.packet import ACK, PSH
 from appliance.wire import (
     TURN_CONTINUED, TURN_END_EVICTED, TURN_END_FIN, TURN_END_IDLE, TURN_END_RST, TURN_INCOMPLETE,
-    TURN_ISN_KNOWN,
+    TURN_ISN_KNOWN, decode_turn, encode_turn,
 )
 from tests.unit.compare.kit import CLIENT, FLOW, MS, SERVER, Server, digest, http_answer, one_turn
 
@@ -301,3 +301,37 @@ def test_handle_takes_events() -> None:
 def test_spec_bounds(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         AssemblerSpec(**bad)
+
+
+_SEGMENT = st.tuples(st.integers(0, 3), st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31, 2**32 - 1]),
+                     st.integers(0, 0x3F), st.binary(max_size=24) | st.just(b"HTTP/1.1 200 OK\r\n\r\nx"),
+                     st.integers(0, 3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_SEGMENT, max_size=60))
+def test_any_segments_give_turns_the_wire_accepts(segments: list[tuple[int, int, int, int, bytes, int]]) -> None:
+    asm = TurnAssembler(AssemblerSpec(max_flows=2, turn_idle=0.001, flow_idle=0.002))
+    turns: list[Turn] = []
+    for i, (client, seq, ack, flags, payload, extra) in enumerate(segments):
+        turns += asm.feed((*SERVER, 1, client), seq, ack, flags, payload, i * 1000, len(payload) + extra)
+        if i % 7 == 0:
+            turns += asm.poll(i * 1000)
+        assert len(asm) <= 2
+    turns += asm.flush()
+    for turn in turns:
+        assert decode_turn(encode_turn(turn)) == turn
+        assert len(turn.head) <= turn.length
+
+
+def test_turn_length_counts_holes_past_the_sequence_space() -> None:
+    srv = Server(TurnAssembler()).syn_ack()
+    srv.request(10)
+    srv.send(b"a")
+    for _ in range(3):                                             # three holes of almost 2**31 each
+        srv.seq = (srv.seq + 2**31 - 1) % (1 << 32)
+        srv.send(b"b")
+    srv.fin()
+    (turn,) = srv.turns
+    assert turn.length == 4 + 3 * (2**31 - 1) and turn.incomplete and srv.asm.counters.gaps == 3
+    assert decode_turn(encode_turn(turn)) == turn

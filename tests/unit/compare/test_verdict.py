@@ -145,11 +145,12 @@ def test_verdicts_pair_by_index_in_any_order_and_count() -> None:
     c0 = v.target("s1", _indexed(bad, 0))
     assert c0 is not None and c0.diff == Diff.STATUS and c0.path == "/x"
     assert v.online("s2", ok) is None                              # another session: not paired with s1
+    assert v.online("s2", ok) is None                              # index 0 again replaces the first
     v.target("s1", _indexed(ok, 7))
     v.end("s1")
     v.end("s2")
     c = v.counters
-    assert (c.compared, c.equal, c.different_status, c.unpaired_online, c.unpaired_target) == (2, 1, 1, 1, 1)
+    assert (c.compared, c.equal, c.different_status, c.unpaired_online, c.unpaired_target) == (2, 1, 1, 2, 1)
     assert len(v) == 0
 
 
