@@ -262,3 +262,171 @@ def parse_intercept_address(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"intercept address {text!r}: port must be 1-65535")
     return host, int(port)
+
+
+# ==== compare mode: answer turns, interceptd -> tcpcopyd (issue 16) ============================
+# A turn is what a server answered to one request (appliance/compare/turns.py assembles it on both
+# hosts). interceptd publishes the target's turns as batches of kind KIND_TURNS under the topic
+# b"T" | shards (u16) | shard (u16), so only workers running compare mode subscribe to them and a
+# worker without it never sees the kind. A batch is the usual BATCH_HEADER and RECORD_HEADERs
+# (record timestamp = the turn's last byte time); each record body is one turn, big-endian:
+#
+#     0               4       6               10      12              16              20
+#     +---------------+-------+---------------+-------+---------------+---------------+
+#     | server ip u32 |port16 | client ip u32 |port16 | request end   | request offset|
+#     +---------------+-------+---------------+-------+---------------+---------------+
+#     20              24                      32                      40
+#     +---------------+-----------------------+-----------------------+
+#     | index u32     | first byte ns (u64)   | last byte ns (u64)    |
+#     +---------------+-----------------------+-----------------------+
+#     40                      48              52              68              84      86      88
+#     +-----------------------+---------------+---------------+---------------+-------+-------+
+#     | length (u64)          | body offset   | digest (16)   | body digest   | flags |headlen|
+#     +-----------------------+---------------+---------------+---------------+-------+-------+
+#     then `headlen` bytes: the first bytes of the answer
+#
+# `request offset` is meaningful only with TURN_ISN_KNOWN (0 otherwise); `body offset` and `body
+# digest` only with TURN_HTTP_BODY (NO_BODY_OFFSET and zeros otherwise). Digests are BLAKE2b of the
+# captured in-order bytes: `digest` covers the whole turn, or with TURN_HTTP_BODY only the HTTP head
+# (up to `body offset`), the rest being in `body digest`.
+KIND_TURNS = 6
+
+TURN_RECORD = struct.Struct("!IHIHIIIQQQI16s16sHH")
+TURN_DIGEST_SIZE = 16
+MAX_TURN_HEAD = 4096           # bytes of an answer's head a turn may carry (compare head_bytes <= this)
+MAX_TURN_RECORDS = 1024        # turns in one batch
+MAX_TURN_RECORD = TURN_RECORD.size + MAX_TURN_HEAD
+MAX_TURN_MESSAGE = BATCH_HEADER.size + MAX_TURN_RECORDS * (RECORD_HEADER.size + MAX_TURN_RECORD)
+NO_BODY_OFFSET = 0xFFFFFFFF
+
+TURN_INCOMPLETE = 0x0001       # bytes missing (a gap, or a capture shorter than the segment): digests partial
+TURN_ISN_KNOWN = 0x0002        # flow seen from its SYN-ACK: request offset known, index from the start
+TURN_HTTP_BODY = 0x0004        # an HTTP/1.x answer whose head ended: body offset and body digest are valid
+TURN_CONTINUED = 0x0008        # more of the answer to the previous turn's request, after an idle pause
+TURN_END_FIN = 0x0010          # the turn ended with the server's FIN (no end bit: its ACK advanced)
+TURN_END_RST = 0x0020          # ... with a RST
+TURN_END_IDLE = 0x0040         # ... by the idle timeout
+TURN_END_EVICTED = 0x0080      # ... its flow was evicted (table full) or its address pair reused (SYN-ACK)
+TURN_FLAGS = 0x00FF            # every defined bit; a record with any other bit set is refused
+
+TURN_TOPIC_PREFIX = b"T"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One answer turn as it crosses the wire: also the record appliance.compare.turns emits."""
+
+    server_ip: int
+    server_port: int
+    client_ip: int
+    client_port: int
+    request_end: int                 # the server's ACK number during the turn (absolute, 32 bits)
+    request_offset: int | None       # request_end - client ISN - 1 (mod 2**32), None when the ISN is unknown
+    index: int                       # 0, 1, 2, ... within the flow
+    first_ns: int
+    last_ns: int
+    length: int                      # sequence space the turn covers (missing bytes included)
+    digest: bytes                    # of the captured in-order bytes: the whole turn, or the HTTP head
+    body_offset: int | None          # HTTP: where the body starts (after b"\r\n\r\n")
+    body_digest: bytes | None        # HTTP: of the bytes from body_offset on
+    flags: int
+    head: bytes
+
+    @property
+    def flow(self) -> tuple[int, int, int, int]:
+        return (self.server_ip, self.server_port, self.client_ip, self.client_port)
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.flags & TURN_INCOMPLETE)
+
+
+def encode_turn(turn: TurnRecord) -> bytes:
+    """One record body; WireError for a record `decode_turn` would refuse."""
+    flags = turn.flags & ~(TURN_ISN_KNOWN | TURN_HTTP_BODY)
+    if turn.request_offset is not None:
+        flags |= TURN_ISN_KNOWN
+    body_digest, body_offset = bytes(TURN_DIGEST_SIZE), NO_BODY_OFFSET
+    if turn.body_offset is not None and turn.body_digest is not None:
+        flags |= TURN_HTTP_BODY
+        body_digest, body_offset = turn.body_digest, turn.body_offset
+    if len(turn.digest) != TURN_DIGEST_SIZE or len(body_digest) != TURN_DIGEST_SIZE:
+        raise WireError(f"turn digests must be {TURN_DIGEST_SIZE} bytes")
+    try:
+        header = TURN_RECORD.pack(
+            turn.server_ip, turn.server_port, turn.client_ip, turn.client_port, turn.request_end,
+            turn.request_offset or 0, turn.index, turn.first_ns, turn.last_ns, turn.length, body_offset,
+            turn.digest, body_digest, flags, len(turn.head))
+    except struct.error as exc:
+        raise WireError(f"turn not encodable: {exc}") from None
+    record = header + turn.head
+    decode_turn(record)              # one definition of a valid record: the decoder's
+    return record
+
+
+def decode_turn(body: bytes | memoryview) -> TurnRecord:
+    """One record body back into a TurnRecord. Raises WireError for any bad input: short, trailing
+    or oversized head, undefined flag bits, fields that contradict each other or the flags."""
+    if len(body) < TURN_RECORD.size:
+        raise WireError(f"turn record of {len(body)} bytes, header is {TURN_RECORD.size}")
+    (server_ip, server_port, client_ip, client_port, request_end, request_offset, index, first_ns,
+     last_ns, length, body_offset, digest, body_digest, flags, head_len) = TURN_RECORD.unpack_from(body, 0)
+    if head_len > MAX_TURN_HEAD or TURN_RECORD.size + head_len != len(body):
+        raise WireError(f"turn head of {head_len} bytes in a record of {len(body)}")
+    if flags & ~TURN_FLAGS:
+        raise WireError(f"turn flags {flags:#06x} have undefined bits")
+    if last_ns < first_ns or head_len > length:
+        raise WireError("turn times or lengths contradict")
+    if not flags & TURN_ISN_KNOWN and request_offset:
+        raise WireError("turn request offset without a known ISN")
+    if flags & TURN_HTTP_BODY:
+        if body_offset > length:
+            raise WireError(f"turn body offset {body_offset} past its length {length}")
+    elif body_offset != NO_BODY_OFFSET or any(body_digest):
+        raise WireError("turn body fields without TURN_HTTP_BODY")
+    return TurnRecord(server_ip, server_port, client_ip, client_port, request_end,
+                      request_offset if flags & TURN_ISN_KNOWN else None, index, first_ns, last_ns, length,
+                      bytes(digest), body_offset if flags & TURN_HTTP_BODY else None,
+                      bytes(body_digest) if flags & TURN_HTTP_BODY else None, flags,
+                      bytes(body[TURN_RECORD.size:]))
+
+
+def decode_turn_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[TurnRecord]]:
+    """A KIND_TURNS batch into (header, turns). Raises WireError. (decode_batch accepts only the
+    segment and response kinds, so the record walk is done here for this kind.)"""
+    view = memoryview(frame)
+    if len(view) < BATCH_HEADER.size:
+        raise WireError(f"turn batch too short: {len(view)} bytes")
+    version, kind, count, source, seq = BATCH_HEADER.unpack_from(view, 0)
+    if version != VERSION or kind != KIND_TURNS:
+        raise WireError(f"batch version/kind {version}/{kind}, expected {VERSION}/{KIND_TURNS}")
+    if count > MAX_TURN_RECORDS:
+        raise WireError(f"turn batch of {count} records, at most {MAX_TURN_RECORDS}")
+    turns: list[TurnRecord] = []
+    at = BATCH_HEADER.size
+    end = len(view)
+    for _ in range(count):
+        if at + RECORD_HEADER.size > end:
+            raise WireError("turn batch truncated in a record header")
+        _, length = RECORD_HEADER.unpack_from(view, at)
+        at += RECORD_HEADER.size
+        if length > MAX_TURN_RECORD or at + length > end:
+            raise WireError(f"turn record length {length} runs past the frame")
+        turns.append(decode_turn(view[at:at + length]))
+        at += length
+    if at != end:
+        raise WireError(f"{end - at} trailing bytes after {count} turn records")
+    return BatchHeader(kind, count, source, seq), turns
+
+
+def turn_topic(shards: int, shard: int) -> bytes:
+    """The topic of the target's turns that belong to `shard` of `shards` workers (compare mode)."""
+    return SHARD_TOPIC.pack(TURN_TOPIC_PREFIX, shards, shard)
+
+
+def parse_turn_topic(topic: bytes) -> tuple[int, int] | None:
+    """(shards, shard) of a turn topic; None for any other topic."""
+    if len(topic) != SHARD_TOPIC.size or topic[:1] != TURN_TOPIC_PREFIX:
+        return None
+    _, shards, shard = SHARD_TOPIC.unpack(topic)
+    return (shards, shard) if 0 <= shard < shards else None
