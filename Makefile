@@ -56,7 +56,8 @@ test: setup packaging-setup lint
 # ruff (pyflakes, pycodestyle, bugbear, pyupgrade, the banned APIs of pyproject.toml) everywhere;
 # mypy --strict on the shared core (core, config, engine) and tcpcopyd's pure parts
 MYPY_STRICT := appliance/core appliance/config appliance/engine \
-	appliance/tcpcopyd/lifecycle.py appliance/tcpcopyd/status.py appliance/tcpcopyd/handlers.py appliance/tcpcopyd/policy.py
+	appliance/compare appliance/tcpcopyd/lifecycle.py appliance/tcpcopyd/status.py appliance/tcpcopyd/handlers.py \
+	appliance/tcpcopyd/policy.py
 lint: setup
 	$(VENV)/bin/ruff check appliance workers bin perf tests
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)

@@ -30,8 +30,8 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from appliance.packet import ACK, FIN, RST, SYN
-from appliance.wire import (
+from appliance.core.packet import ACK, FIN, RST, SYN
+from appliance.core.wire import (
     MAX_TURN_HEAD, TURN_CONTINUED, TURN_DIGEST_SIZE, TURN_END_EVICTED, TURN_END_FIN, TURN_END_IDLE,
     TURN_END_RST, TURN_HTTP_BODY, TURN_INCOMPLETE, TURN_ISN_KNOWN, TurnRecord,
 )

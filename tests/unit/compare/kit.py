@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from appliance.compare.turns import AssemblerSpec, Flow, Turn, TurnAssembler
-from appliance.packet import ACK, FIN, PSH, RST, SYN
-from appliance.wire import TURN_DIGEST_SIZE
+from appliance.core.packet import ACK, FIN, PSH, RST, SYN
+from appliance.core.wire import TURN_DIGEST_SIZE
 
 SERVER = (0xC6120002, 80)          # 198.18.0.2:80
 CLIENT = (0xC6120001, 40000)       # 198.18.0.1:40000

@@ -1,4 +1,4 @@
-"""appliance.wire, compare section: turn records and KIND_TURNS batches, round trip and rejection."""
+"""appliance.core.wire, compare section: turn records and KIND_TURNS batches, round trip and rejection."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance import wire
-from appliance.wire import (
+from appliance.core import wire
+from appliance.core.wire import (
     BATCH_HEADER, KIND_RESPONSES, KIND_TURNS, MAX_TURN_HEAD, MAX_TURN_RECORDS, RECORD_HEADER, TURN_END_FIN,
     TURN_HTTP_BODY, TURN_ISN_KNOWN, TURN_RECORD, VERSION, BatchBuilder, TurnRecord, WireError, decode_turn,
     decode_turn_batch, encode_turn, parse_shard_topic, parse_turn_topic, turn_topic,

@@ -10,7 +10,7 @@ from appliance.compare.turns import AssemblerSpec, Turn
 from appliance.compare.verdict import (
     Comparison, Diff, VerdictCounters, Verdicts, VerdictSpec, compare_turns,
 )
-from appliance.wire import TURN_INCOMPLETE
+from appliance.core.wire import TURN_INCOMPLETE
 from tests.unit.compare.kit import MS, http_answer, one_turn
 
 SPEC = VerdictSpec()
