@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from appliance.engine.sending import Sender
+from appliance.engine.transmit import Transmitter
 from appliance.engine.session import _BOOLS, _FLOATS, _INTS, _STREAM_BOOLS, _STREAM_FLOATS, _STREAM_INTS, NOT_PACKED, Session
 from appliance.engine.stream import ClientStream
 from appliance.core.packet import ACK, FIN, PSH, SYN
@@ -15,7 +15,7 @@ SYN_OPTIONS = b"\x02\x04\x05\xb4\x04\x02\x08\x0a\x00\x00\x00\x10\x00\x00\x00\x00
 
 def test_every_slot_is_packed_or_restored():
     packed = set(_FLOATS + _INTS + _BOOLS + _STREAM_FLOATS + _STREAM_INTS + _STREAM_BOOLS)
-    slots = set(Session.__slots__) | set(Sender.__slots__) | set(ClientStream.__slots__)
+    slots = set(Session.__slots__) | set(Transmitter.__slots__) | set(ClientStream.__slots__)
     assert slots == packed | NOT_PACKED, "a new slot must be added to the hibernation lists"
     assert not packed & NOT_PACKED
 
