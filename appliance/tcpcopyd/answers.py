@@ -78,7 +78,7 @@ class AnswerChannel:
     `endpoints` are ZeroMQ endpoints (`intercept_endpoints` of the config's addresses; a test passes
     inproc:// ones); the socket connects to each, so their number is the number of interceptds."""
 
-    def __init__(self, ctx: zmq.Context, shards: int, shard: int, endpoints: tuple[str, ...],
+    def __init__(self, ctx: zmq.Context[Any], shards: int, shard: int, endpoints: tuple[str, ...],
                  secret_key: str = "", intercept_public_key: str = "") -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.linger = 0
@@ -201,7 +201,7 @@ class AnswerChannel:
         """The last report of each interceptd instance heard (the newest last), with its age in seconds."""
         return {k: dict(v, age=round(time.time() - v["received"], 1)) for k, v in self.intercepts.items()}
 
-    def sockets(self) -> list[zmq.Socket]:
+    def sockets(self) -> list[zmq.Socket[Any]]:
         """Both sockets, for the worker to close before its context ends."""
         self.monitor.linger = 0
         return [self.sock, self.monitor]
