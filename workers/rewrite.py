@@ -26,7 +26,7 @@ from appliance.core.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
 from appliance.core.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 from appliance.host.rawsend import RawSender
-from appliance.tcpcopyd.answers import ResponseChannel
+from appliance.tcpcopyd.answers import AnswerChannel, intercept_endpoints
 from appliance.host.sockdiag import SocketTable
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ class RewriteWorker(Worker):
         self.segments = self.socket(zmq.PULL, bind=wire.segments_endpoint(self.run_dir, self.index), hwm=4096)
         spec = self.spec
         assert self.ctx is not None
-        self.channel = ResponseChannel(self.ctx, spec.shards, spec.index, spec.intercepts, spec.secret_key,
-                                       spec.intercept_public_key, count_restarts=spec.index == 0)
+        self.channel = AnswerChannel(self.ctx, spec.shards, spec.index, intercept_endpoints(spec.intercepts),
+                                     spec.secret_key, spec.intercept_public_key)
         self._sockets.extend(self.channel.sockets())
         self.responses = self.channel.sock
         if spec.verify_midstream:

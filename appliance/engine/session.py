@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
-from appliance.engine.sending import Sender
+from appliance.engine.transmit import Transmitter
 from appliance.engine.stream import INF, NO_CHUNKS, NO_OOO, Chunk, ClientStream
 from appliance.core.packet import (
     ACK, FIN, RST, SYN, TcpSegment, mss_option, parse_options, seq_diff, seq_le, seq_lt, ts_val_of,
@@ -32,7 +32,7 @@ Rekey = Callable[["Session"], None]   # the table moves a session to another cli
 RST_WINDOW = 65535 << 14
 
 
-class Session(Sender):
+class Session(Transmitter):
     """State of one client connection and of its replica connection on the target."""
 
     __slots__ = ("key", "p", "c", "out", "rekey", "created", "last_client", "last_target", "deadline",

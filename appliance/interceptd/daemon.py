@@ -74,13 +74,14 @@ class Intercept:
         self.subscribers = 0
         self.started = time.time()
         self.handles: list[pcap.pcap] = []
+        self.checker: curvekeys.KeyChecker | None = None
 
     def counters(self) -> dict[str, Any]:
         try:
             self.kernel_drops = sum(h.stats()[1] for h in self.handles)
         except OSError:
             pass
-        checker = getattr(self, "checker", None)
+        checker = self.checker
         split = self.split
         return {"captured": self.captured, "published": split.published, "not_ip": self.not_ip,
                 "malformed": self.malformed, "unexpected": self.unexpected, "batches": self.batches,
@@ -153,69 +154,30 @@ class Intercept:
         return pub
 
     def run(self) -> int:
+        """interceptd's process: open the captures, bind the XPUB, drop root, turn the loop until
+        SIGTERM or SIGINT, then close everything. The exit code."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         c = self.config
         self.handles = [self._open(i) for i in c.interfaces]
         ctx = zmq.Context()
         pub = self.publisher(ctx)
-        checker = None
         if c.secret_key:
-            checker = curvekeys.KeyChecker(ctx, c.authorized_keys)
+            self.checker = curvekeys.KeyChecker(ctx, c.authorized_keys)
             curvekeys.make_server(pub, c.secret_key)
-        self.checker = checker
+        checker = self.checker
         monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         pub.bind(f"tcp://{c.bind}:{c.port}")
         if c.user:
             from appliance.host.privileges import drop_to
             drop_to(c.user)          # captures open, socket bound: root is no longer needed
-        poller = zmq.Poller()
-        poller.register(monitor, zmq.POLLIN)
-        poller.register(pub, zmq.POLLIN)             # subscriptions of the workers
-        if checker is not None:
-            poller.register(checker.socket, zmq.POLLIN)
-        for h in self.handles:
-            poller.register(h.fileno(), zmq.POLLIN)
         log.info("interceptd %08x on %s, filter %r, publishing on tcp://%s:%d (%s)", self.instance,
                  ",".join(c.interfaces), c.bpf, c.bind, c.port,
                  "CURVE, keys from " + c.authorized_keys if c.secret_key else "plaintext, anyone may subscribe")
-        next_summary = time.monotonic() + SUMMARY_INTERVAL
-        next_stats = 0.0
-        pcap_fds = [h.fileno() for h in self.handles]
-        first_held = 0.0                 # when the oldest answer not yet published was captured
+        self.attach(pub, monitor)
         try:
             while not self.stopping:
-                for h in self.handles:
-                    dl = h.datalink()
-                    for _ in range(64):
-                        n = h.dispatch(c.batch_max, self._on_frame, dl)
-                        if self.split.pending >= c.batch_max:
-                            self._publish(pub)
-                        if n < c.batch_max:
-                            break
-                if self.split.pending:
-                    now = time.monotonic()
-                    if not first_held:
-                        first_held = now
-                    wait = first_held + COALESCE - now
-                    if wait > 0 and select.select(pcap_fds, [], [], wait)[0]:
-                        continue             # more answers came within the window: take them too
-                    self._publish(pub)
-                first_held = 0.0
-                ready = dict(poller.poll(POLL_MS))
-                if ready.get(monitor):
-                    self._on_monitor(monitor)
-                if ready.get(pub):
-                    self._on_subscriptions(pub)
-                if checker is not None and ready.get(checker.socket):
-                    checker.handle()
-                now = time.monotonic()
-                if now >= next_stats:
-                    next_stats = now + STATS_INTERVAL
-                    pub.send_multipart((wire.STATS_TOPIC, self._stats_frame()))
-                if now >= next_summary:
-                    next_summary = now + SUMMARY_INTERVAL
-                    log.info("interceptd counters %s", self.counters())
+                self.turn()
         finally:
             log.info("interceptd exiting, counters %s", self.counters())
             pub.disable_monitor()
@@ -225,6 +187,63 @@ class Intercept:
                 checker.stop()
             ctx.term()
         return 0
+
+    def attach(self, pub: zmq.Socket, monitor: zmq.Socket) -> None:
+        """Set up the loop on the bound XPUB, its monitor (accepted and disconnected events), the
+        key checker, if any, and `handles`, the open captures. Called by `run`; a test passes
+        inproc sockets and stand-ins for the captures (datalink, dispatch, fileno, stats), and
+        turns the loop itself. The caller keeps the sockets and closes them."""
+        self.pub = pub
+        self.monitor = monitor
+        self.poller = zmq.Poller()
+        self.poller.register(monitor, zmq.POLLIN)
+        self.poller.register(pub, zmq.POLLIN)             # subscriptions of the workers
+        if self.checker is not None:
+            self.poller.register(self.checker.socket, zmq.POLLIN)
+        for h in self.handles:
+            self.poller.register(h.fileno(), zmq.POLLIN)
+        self._pcap_fds = [h.fileno() for h in self.handles]
+        self._next_summary = time.monotonic() + SUMMARY_INTERVAL
+        self._next_stats = 0.0
+        self._first_held = 0.0                 # when the oldest answer not yet published was captured
+
+    def turn(self) -> None:
+        """One turn of the loop: take what the captures hold (a full batch goes out at once), let
+        held answers wait up to COALESCE for more, publish them; then, waiting at most POLL_MS,
+        subscriptions, monitor events, key checks, the stats report once a second."""
+        c = self.config
+        pub = self.pub
+        for h in self.handles:
+            dl = h.datalink()
+            for _ in range(64):
+                n = h.dispatch(c.batch_max, self._on_frame, dl)
+                if self.split.pending >= c.batch_max:
+                    self._publish(pub)
+                if n < c.batch_max:
+                    break
+        if self.split.pending:
+            now = time.monotonic()
+            if not self._first_held:
+                self._first_held = now
+            wait = self._first_held + COALESCE - now
+            if wait > 0 and select.select(self._pcap_fds, [], [], wait)[0]:
+                return               # more answers came within the window: take them too
+            self._publish(pub)
+        self._first_held = 0.0
+        ready = dict(self.poller.poll(POLL_MS))
+        if ready.get(self.monitor):
+            self._on_monitor(self.monitor)
+        if ready.get(pub):
+            self._on_subscriptions(pub)
+        if self.checker is not None and ready.get(self.checker.socket):
+            self.checker.handle()
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + STATS_INTERVAL
+            pub.send_multipart((wire.STATS_TOPIC, self._stats_frame()))
+        if now >= self._next_summary:
+            self._next_summary = now + SUMMARY_INTERVAL
+            log.info("interceptd counters %s", self.counters())
 
     def _publish(self, pub: zmq.Socket) -> None:
         for topic, frame in self.split.take():

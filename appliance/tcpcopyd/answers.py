@@ -1,4 +1,4 @@
-"""A rewrite worker's subscription to every interceptd: its own shard's response headers.
+"""A rewrite worker's subscription to every interceptd: its own shard's answer headers.
 
 Runs inside each rewrite worker. One SUB socket connects to every interceptd (CURVE when keys
 are configured) and subscribes to the shard topic of this worker (`wire.shard_topic`), so
@@ -7,10 +7,14 @@ once-a-second report also tells that the subscription is in place. Checks each b
 (kind, interceptd instance, batch number: lost batches are counted here). ZeroMQ reconnects by
 itself when an interceptd restarts.
 
+Every worker's channel hears every interceptd and counts the same things the same way: lost
+batches of its own shard, and interceptd restarts (an instance id it has not seen, once it has
+heard as many instances as it has interceptds). The supervisor merges the workers' reports.
+
 An interceptd's report is input from another host: it is decoded by wire.decode_json (bounded)
 and every field kept is checked for type and size (`intercept_report`); a bad field is dropped
-and counted (`intercept_fields_dropped`), so worker 0's heartbeat, which carries the reports to
-the status document, stays small and well formed whatever interceptd sends.
+and counted (`intercept_fields_dropped`), so the heartbeat that carries the reports to the
+status document stays small and well formed whatever interceptd sends.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ log = logging.getLogger(__name__)
 
 SUB_HWM = 100_000            # batches; beyond it ZeroMQ drops, which shows as lost batches
 MAX_INTERCEPTS_SHOWN = 64    # restarted interceptds: keep the newest
-# bounds of an interceptd's report as kept (64 of them ride in worker 0's heartbeat: about 200 KiB at most)
+MAX_INSTANCES_KEPT = 1024    # instance ids remembered (restarts, batch numbers): a bound on what peers send
+# bounds of an interceptd's report as kept (64 of them ride in a worker's heartbeat: about 200 KiB at most)
 MAX_FILTER_CHARS = 1024
 MAX_COUNTERS_KEPT = 32       # interceptd reports 14
 MAX_COUNTER_VALUE = (1 << 63) - 1
@@ -62,11 +67,19 @@ def intercept_report(obj: dict[str, Any]) -> tuple[str, dict[str, Any], int] | N
     return instance, {"pid": pid, "filter": bpf, "counters": kept}, dropped
 
 
-class ResponseChannel:
-    """The SUB socket (`sock`, for the caller's poller) and the channel's counters."""
+def intercept_endpoints(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    """The ZeroMQ endpoints of interceptds given as `HOST[:PORT]` (the config's `intercepts`)."""
+    return tuple(wire.intercept_endpoint(*wire.parse_intercept_address(a)) for a in addresses)
 
-    def __init__(self, ctx: zmq.Context, shards: int, shard: int, intercepts: tuple[str, ...],
-                 secret_key: str = "", intercept_public_key: str = "", *, count_restarts: bool = True) -> None:
+
+class AnswerChannel:
+    """The SUB socket (`sock`, for the caller's poller) and the channel's counters.
+
+    `endpoints` are ZeroMQ endpoints (`intercept_endpoints` of the config's addresses; a test passes
+    inproc:// ones); the socket connects to each, so their number is the number of interceptds."""
+
+    def __init__(self, ctx: zmq.Context[Any], shards: int, shard: int, endpoints: tuple[str, ...],
+                 secret_key: str = "", intercept_public_key: str = "") -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.linger = 0
         self.sock.rcvhwm = SUB_HWM
@@ -81,10 +94,9 @@ class ResponseChannel:
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        for address in intercepts:
-            host, port = wire.parse_intercept_address(address)
-            self.sock.connect(wire.intercept_endpoint(host, port))
-        self.count_restarts = count_restarts
+        for endpoint in endpoints:
+            self.sock.connect(endpoint)
+        self.publishers = len(endpoints)
         self.headers = 0
         self.bad_frames = 0
         self.fields_dropped = 0
@@ -93,6 +105,7 @@ class ResponseChannel:
         self.handshakes = 0
         self.handshake_failures = 0
         self._expected: dict[int, int] = {}                  # interceptd instance id -> next batch seq
+        self._instances: dict[int, None] = {}                # interceptd instance ids heard, oldest first
         self.intercepts: dict[str, dict[str, Any]] = {}      # interceptd instance -> its last stats
 
     def receive(self) -> memoryview | None:
@@ -130,11 +143,24 @@ class ResponseChannel:
     def _check_seq(self, source: int, seq: int) -> None:
         expected = self._expected.get(source)
         if expected is None:
-            if self._expected and self.count_restarts:
-                self.intercept_restarts += 1
+            self._heard(source)
+            if len(self._expected) >= MAX_INSTANCES_KEPT:
+                del self._expected[next(iter(self._expected))]
         elif seq > expected:
             self.batches_lost += seq - expected
         self._expected[source] = seq + 1
+
+    def _heard(self, instance: int) -> None:
+        """An interceptd instance in a batch header or a stats report. Decision: the first instance
+        heard from each interceptd is no restart; a SUB cannot tell which publisher sent a message,
+        so once there are as many instances as interceptds, each new one counts as a restart. Reports
+        come once a second from every interceptd, so every worker counts a restart, busy shard or not."""
+        if instance not in self._instances:
+            if len(self._instances) >= max(1, self.publishers):
+                self.intercept_restarts += 1
+            if len(self._instances) >= MAX_INSTANCES_KEPT:
+                del self._instances[next(iter(self._instances))]
+            self._instances[instance] = None
 
     def on_monitor(self) -> None:
         """Count CURVE handshakes with interceptds: a failure is a publisher without the right key."""
@@ -157,6 +183,7 @@ class ResponseChannel:
             self.bad_frames += 1
             return
         instance, kept, dropped = report
+        self._heard(int(instance, 16))
         self.fields_dropped += dropped
         self.intercepts.pop(instance, None)                  # re-inserted: the newest are last
         self.intercepts[instance] = dict(kept, received=time.time())
@@ -164,16 +191,20 @@ class ResponseChannel:
             del self.intercepts[next(iter(self.intercepts))]
 
     def counters(self) -> dict[str, Any]:
-        """The channel's counters, as the status document's `totals.responses` sums them."""
+        """The channel's counters (the worker reports them as its `response_channel`)."""
         return {"headers": self.headers, "bad_frames": self.bad_frames, "batches_lost": self.batches_lost,
                 "intercept_fields_dropped": self.fields_dropped,
                 "intercept_restarts": self.intercept_restarts, "intercept_handshakes": self.handshakes,
                 "intercept_handshake_failures": self.handshake_failures}
 
     def intercepts_info(self) -> dict[str, dict[str, Any]]:
+        """The last report of each interceptd instance heard (the newest last), with its age in seconds."""
         return {k: dict(v, age=round(time.time() - v["received"], 1)) for k, v in self.intercepts.items()}
 
-    def sockets(self) -> list[zmq.Socket]:
+    def sockets(self) -> list[zmq.Socket[Any]]:
         """Both sockets, for the worker to close before its context ends."""
         self.monitor.linger = 0
         return [self.sock, self.monitor]
+
+
+ResponseChannel = AnswerChannel    # the old name, until tests/unit/core/test_bounded_decoding.py follows

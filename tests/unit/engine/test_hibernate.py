@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from appliance.engine.sending import Sender
+from appliance.engine.transmit import Transmitter
 from appliance.engine.session import _BOOLS, _FLOATS, _INTS, _STREAM_BOOLS, _STREAM_FLOATS, _STREAM_INTS, NOT_PACKED, Session
 from appliance.engine.stream import ClientStream
 from appliance.core.packet import ACK, FIN, PSH, SYN
-from tests.unit.enginekit import C_ISN, O_ISN, T_ISN, Playbook, client, target, ts
+from tests.unit.enginekit import C_ISN, O_ISN, OUR_SYN, T_ISN, THIRD_ACK, Playbook, brief, client, target, ts
 
 SYN_OPTIONS = b"\x02\x04\x05\xb4\x04\x02\x08\x0a\x00\x00\x00\x10\x00\x00\x00\x00\x01\x03\x03\x07"
 
 
 def test_every_slot_is_packed_or_restored():
     packed = set(_FLOATS + _INTS + _BOOLS + _STREAM_FLOATS + _STREAM_INTS + _STREAM_BOOLS)
-    slots = set(Session.__slots__) | set(Sender.__slots__) | set(ClientStream.__slots__)
+    slots = set(Session.__slots__) | set(Transmitter.__slots__) | set(ClientStream.__slots__)
     assert slots == packed | NOT_PACKED, "a new slot must be added to the hibernation lists"
     assert not packed & NOT_PACKED
 
@@ -57,14 +57,16 @@ def test_a_hibernating_table_sends_exactly_what_a_plain_one_sends(gaps):
 
 def test_an_idle_session_is_packed_then_revived_as_it_was():
     pb = Playbook(hibernate_after=5.0)
-    pb.cap(client(C_ISN, 0, SYN, options=SYN_OPTIONS))
-    pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, options=SYN_OPTIONS))
-    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"hello", options=ts(18, 2)))
-    pb.resp(target(T_ISN + 1, C_ISN + 6, ACK | PSH, payload_len=10, options=ts(40, 18)))
+    assert brief(pb.cap(client(C_ISN, 0, SYN, options=SYN_OPTIONS))) == [OUR_SYN]
+    assert brief(pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, options=SYN_OPTIONS))) == [THIRD_ACK]
+    assert brief(pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"hello", options=ts(18, 2)))) == [
+        (ACK | PSH, C_ISN + 1, T_ISN + 1, 5)]
+    assert brief(pb.resp(target(T_ISN + 1, C_ISN + 6, ACK | PSH, payload_len=10, options=ts(40, 18)))) == [
+        (ACK, C_ISN + 6, T_ISN + 11, 0)]
     before = pb.session
     values = {n: getattr(before, n) for n in _FLOATS + _INTS + _BOOLS}
     stream = {n: getattr(before.stream, n) for n in _STREAM_FLOATS + _STREAM_INTS + _STREAM_BOOLS + ("online_base",)}
-    pb.advance(6.0)
+    assert pb.advance(6.0) == []
     (key,) = pb.table.sessions
     assert isinstance(pb.table.sessions[key], bytes) and pb.table.hibernated() == 1 and pb.table.active() == 1
     after = pb.table.get(key)
@@ -75,10 +77,11 @@ def test_an_idle_session_is_packed_then_revived_as_it_was():
 
 def test_sessions_with_work_pending_stay_objects():
     pb = Playbook(hibernate_after=5.0)
-    pb.cap(client(C_ISN, 0, SYN))
-    pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK))
-    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"unanswered"))   # never acknowledged
-    pb.advance(6.0)
+    assert brief(pb.cap(client(C_ISN, 0, SYN))) == [OUR_SYN]
+    assert brief(pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK))) == [THIRD_ACK]
+    request = (ACK | PSH, C_ISN + 1, T_ISN + 1, 10)
+    assert brief(pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"unanswered"))) == [request]   # never acknowledged
+    assert brief(pb.advance(6.0)) == [request]                      # retransmitted
     assert pb.table.hibernated() == 0 and pb.c.retransmits > 0
 
 
@@ -88,7 +91,7 @@ def test_stale_timer_entries_do_not_pile_up():
     seq = C_ISN + 1
     for _ in range(5000):                   # every request moves the idle deadline
         pb.now += 0.001
-        pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"x"))
+        assert brief(pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"x"))) == [(ACK | PSH, seq, T_ISN + 1, 1)]
         seq += 1
-        pb.resp(target(T_ISN + 1, seq, ACK))
+        assert pb.resp(target(T_ISN + 1, seq, ACK)) == []
     assert len(pb.table._timers) <= 2 * len(pb.table.sessions) + 1024 + 1

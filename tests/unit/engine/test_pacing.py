@@ -37,7 +37,7 @@ def test_request_after_response_is_held_until_target_sent_as_many_bytes():
 
 def test_request_is_sent_at_once_when_target_already_answered():
     pb = started()
-    pb.resp(target(T_ISN + 1, S2, ACK | PSH, 100))
+    assert brief(pb.resp(target(T_ISN + 1, S2, ACK | PSH, 100))) == [(ACK, S2, T_ISN + 101, 0)]
     out = pb.cap(client(S2, O_ISN + 101, ACK | PSH, REQ2))
     assert brief(out) == [(ACK | PSH, S2, T_ISN + 101, 19)]
     assert pb.c.turns_waited == 0
@@ -46,7 +46,8 @@ def test_request_is_sent_at_once_when_target_already_answered():
 def test_shorter_answer_releases_after_response_quiet():
     pb = started(response_quiet=0.010)
     pb.cap(client(S2, O_ISN + 101, ACK | PSH, REQ2))
-    pb.resp(target(T_ISN + 1, S2, ACK | PSH, 30))             # the target's answer is shorter
+    out = pb.resp(target(T_ISN + 1, S2, ACK | PSH, 30))       # the target's answer is shorter
+    assert brief(out) == [(ACK, S2, T_ISN + 31, 0)]
     t_data = pb.now
     assert pb.table.next_deadline() == pytest.approx(t_data + 0.010)
     assert pb.advance(0.009) == []
@@ -58,9 +59,9 @@ def test_shorter_answer_releases_after_response_quiet():
 def test_quiet_time_restarts_with_each_response_segment():
     pb = started(response_quiet=0.010)
     pb.cap(client(S2, O_ISN + 1001, ACK | PSH, REQ2))
-    pb.resp(target(T_ISN + 1, S2, ACK, 100))
+    assert brief(pb.resp(target(T_ISN + 1, S2, ACK, 100))) == [(ACK, S2, T_ISN + 101, 0)]
     assert pb.advance(0.008) == []
-    pb.resp(target(T_ISN + 101, S2, ACK, 100))
+    assert brief(pb.resp(target(T_ISN + 101, S2, ACK, 100))) == [(ACK, S2, T_ISN + 201, 0)]
     assert pb.advance(0.008) == []                            # 16 ms since the first, 8 since the last
     out = pb.advance(0.003)
     assert brief(out) == [(ACK | PSH, S2, T_ISN + 201, 19)]
@@ -135,10 +136,11 @@ def test_response_bytes_before_release_count_once():
     # the bytes that released one turn do not count again for the next one
     pb = started(response_quiet=0.010)
     pb.cap(client(S2, O_ISN + 101, ACK | PSH, REQ2))
-    pb.resp(target(T_ISN + 1, S2, ACK, 100))                  # released by bytes
+    out = pb.resp(target(T_ISN + 1, S2, ACK, 100))            # released by bytes
+    assert brief(out) == [(ACK | PSH, S2, T_ISN + 101, 19)]
     assert pb.cap(client(S3, O_ISN + 201, ACK | PSH, b"x")) == []
     assert pb.c.turns_waited == 2
-    assert pb.resp(target(T_ISN + 101, S3, ACK, 99)) != []       # just our ACK
+    assert brief(pb.resp(target(T_ISN + 101, S3, ACK, 99))) == [(ACK, S3, T_ISN + 200, 0)]   # just our ACK
     out = pb.resp(target(T_ISN + 200, S3, ACK, 1))
     assert brief(out) == [(ACK | PSH, S3, T_ISN + 201, 1)]
 
@@ -146,7 +148,7 @@ def test_response_bytes_before_release_count_once():
 def test_target_retransmissions_are_acked_but_not_counted_twice():
     pb = started()
     pb.cap(client(S2, O_ISN + 101, ACK | PSH, REQ2))
-    pb.resp(target(T_ISN + 1, S2, ACK, 60))
+    assert brief(pb.resp(target(T_ISN + 1, S2, ACK, 60))) == [(ACK, S2, T_ISN + 61, 0)]
     out = pb.resp(target(T_ISN + 1, S2, ACK, 60))             # the target resends: our ACK was lost
     assert brief(out) == [(ACK, S2, T_ISN + 61, 0)]           # ack again, nothing released
     assert pb.session.resp_bytes == 60
@@ -182,4 +184,5 @@ def test_requests_that_fell_behind_leave_together_and_a_restart_still_finds_thei
     (syn,) = out
     assert syn.seq == S2 - 1 and pb.c.resync_bytes_dropped == 0
     out = pb.resp(target(5000, S2, SYN | ACK, options=b"\x02\x04\x05\xb4", port=syn.src_port))
-    assert b"".join(e.payload for e in out) == b"".join(reqs)
+    assert brief(out) == [(ACK, S2, 5001, 0), (ACK | PSH, S2, 5001, 76)]
+    assert out[1].payload == b"".join(reqs)

@@ -25,5 +25,5 @@ def test_full_session_request_response_close():
     out = pb.resp(target(T_ISN + 201, C_ISN + 39, ACK | FIN))
     assert [(e.flags, e.ack) for e in out] == [(ACK, T_ISN + 202)]
     assert pb.c.sessions_completed == 1
-    pb.advance(10)
+    assert pb.advance(10) == []
     assert not pb.table.sessions

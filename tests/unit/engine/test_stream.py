@@ -26,13 +26,14 @@ def test_out_of_order_segments_are_reassembled():
     # in order, in one segment: what is ready together leaves together (up to the MSS)
     assert [(e.seq, e.payload) for e in out] == [(S1, b"A" * 100 + b"B" * 100 + b"C" * 100)]
     assert pb.session.stream.ooo == {} and pb.session.stream.gap_since == INF
-    pb.advance(1.0)                                          # past gap_timeout: nothing happens
+    assert pb.resp(target(T_ISN + 1, S1 + 300, ACK)) == []
+    assert pb.advance(1.0) == []                             # past gap_timeout: nothing happens
     assert pb.c.capture_gaps == 0
 
 
 def test_duplicate_capture_is_dropped_and_counted():
     pb = est()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
     assert pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100)) == []
     assert pb.cap(client(S1 + 10, O_ISN + 1, ACK | PSH, b"A" * 20)) == []   # inside what we have
     assert pb.c.client_retransmits == 2
@@ -41,7 +42,7 @@ def test_duplicate_capture_is_dropped_and_counted():
 
 def test_overlapping_capture_is_trimmed():
     pb = est()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, bytes(range(100))))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, bytes(range(100))))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
     out = pb.cap(client(S1 + 50, O_ISN + 1, ACK | PSH, bytes(range(50, 150))))
     assert [(e.seq, e.payload) for e in out] == [(S1 + 100, bytes(range(100, 150)))]
     assert pb.c.bytes_sent == 150
@@ -86,21 +87,21 @@ def test_longer_out_of_order_segment_at_same_seq_replaces_shorter():
 
 def test_gap_filled_in_time_is_not_a_capture_gap():
     pb = est(gap_timeout=0.5)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))
-    pb.cap(client(S1 + 200, O_ISN + 1, ACK | PSH, b"C" * 100))
-    pb.advance(0.4)                                          # (RTO retransmissions of A)
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
+    assert pb.cap(client(S1 + 200, O_ISN + 1, ACK | PSH, b"C" * 100)) == []
+    assert brief(pb.advance(0.4)) == [(ACK | PSH, S1, T_ISN + 1, 100)]              # an RTO retransmission of A
     out = pb.cap(client(S1 + 100, O_ISN + 1, ACK | PSH, b"B" * 100))
-    assert [(e.seq, e.payload) for e in out if e.payload] == [(S1 + 100, b"B" * 100 + b"C" * 100)]
-    pb.resp(target(T_ISN + 1, S1 + 300, ACK))
-    pb.advance(1.0)
+    assert [(e.seq, e.payload) for e in out] == [(S1 + 100, b"B" * 100 + b"C" * 100)]
+    assert pb.resp(target(T_ISN + 1, S1 + 300, ACK)) == []
+    assert pb.advance(1.0) == []
     assert pb.c.capture_gaps == 0 and pb.c.resets_sent == 0
 
 
 # ---- capture gaps and resynchronisation -----------------------------------------------------
 def test_capture_gap_resyncs_and_restarts_at_next_turn():
     pb = est(gap_timeout=0.5)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))          # request 1, part 1
-    pb.resp(target(T_ISN + 1, S1 + 100, ACK))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]   # request 1, part 1
+    assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []
     # part 2 [S1+100, S1+200) was never captured; part 3 was
     assert pb.cap(client(S1 + 200, O_ISN + 1, ACK | PSH, b"C" * 100)) == []
     assert pb.table.next_deadline() == pb.now + 0.5
@@ -132,10 +133,10 @@ def test_capture_gap_resyncs_and_restarts_at_next_turn():
 
 def test_resync_restarts_immediately_when_a_later_turn_is_already_buffered():
     pb = est(gap_timeout=0.5)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))
-    pb.resp(target(T_ISN + 1, S1 + 100, ACK))
-    pb.cap(client(S1 + 200, O_ISN + 1, ACK | PSH, b"C" * 100))    # gap before it
-    pb.cap(client(S1 + 300, O_ISN + 401, ACK | PSH, b"N" * 10))   # next turn, also buffered
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
+    assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []
+    assert pb.cap(client(S1 + 200, O_ISN + 1, ACK | PSH, b"C" * 100)) == []     # gap before it
+    assert pb.cap(client(S1 + 300, O_ISN + 401, ACK | PSH, b"N" * 10)) == []    # next turn, also buffered
     out = pb.to_deadline()
     assert brief(out) == [(RST | ACK, S1 + 100, T_ISN + 1, 0), (SYN, S1 + 299, 0, 0)]
     assert pb.session.state is State.SYN_SENT and pb.c.restarts == 1
@@ -144,17 +145,20 @@ def test_resync_restarts_immediately_when_a_later_turn_is_already_buffered():
 def test_session_gives_up_after_max_restarts():
     pb = est(gap_timeout=0.5, max_restarts=1)
     s = S1
-    pb.cap(client(s, O_ISN + 1, ACK | PSH, b"A" * 10))
-    pb.resp(target(T_ISN + 1, s + 10, ACK))
-    pb.cap(client(s + 20, O_ISN + 1, ACK | PSH, b"C" * 10))       # gap 1
-    pb.to_deadline()
-    pb.cap(client(s + 30, O_ISN + 101, ACK | PSH, b"D" * 10))     # restart 1
+    assert brief(pb.cap(client(s, O_ISN + 1, ACK | PSH, b"A" * 10))) == [(ACK | PSH, s, T_ISN + 1, 10)]
+    assert pb.resp(target(T_ISN + 1, s + 10, ACK)) == []
+    assert pb.cap(client(s + 20, O_ISN + 1, ACK | PSH, b"C" * 10)) == []        # gap 1
+    assert brief(pb.to_deadline()) == [(RST | ACK, s + 10, T_ISN + 1, 0)]
+    out = pb.cap(client(s + 30, O_ISN + 101, ACK | PSH, b"D" * 10))              # restart 1
+    assert brief(out) == [(SYN, s + 29, 0, 0)]
     port = pb.session.key[1]
-    pb.resp(target(T_ISN, s + 30, SYN | ACK, port=port))
-    pb.resp(target(T_ISN + 1, s + 40, ACK, port=port))
-    pb.cap(client(s + 50, O_ISN + 101, ACK | PSH, b"F" * 10))     # gap 2
+    assert out[0].src_port == port != CPORT
+    out = pb.resp(target(T_ISN, s + 30, SYN | ACK, port=port))
+    assert brief(out) == [(ACK, s + 30, T_ISN + 1, 0), (ACK | PSH, s + 30, T_ISN + 1, 10)]
+    assert pb.resp(target(T_ISN + 1, s + 40, ACK, port=port)) == []
+    assert pb.cap(client(s + 50, O_ISN + 101, ACK | PSH, b"F" * 10)) == []      # gap 2
     out = pb.to_deadline()
-    assert [e.flags for e in out] == [RST | ACK]
+    assert brief(out) == [(RST | ACK, s + 40, T_ISN + 1, 0)]
     assert pb.c.capture_gaps == 2
     assert pb.cap(client(s + 60, O_ISN + 201, ACK | PSH, b"G" * 10)) == []   # no restart 2
     assert pb.session.state is State.CLOSED and pb.c.restarts == 1
@@ -162,10 +166,10 @@ def test_session_gives_up_after_max_restarts():
 
 def test_resync_session_times_out_when_no_turn_comes():
     pb = est(gap_timeout=0.5, keepalive_timeout=30.0)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 10))
-    pb.resp(target(T_ISN + 1, S1 + 10, ACK))
-    pb.cap(client(S1 + 20, O_ISN + 1, ACK | PSH, b"C" * 10))
-    pb.to_deadline()
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 10))) == [(ACK | PSH, S1, T_ISN + 1, 10)]
+    assert pb.resp(target(T_ISN + 1, S1 + 10, ACK)) == []
+    assert pb.cap(client(S1 + 20, O_ISN + 1, ACK | PSH, b"C" * 10)) == []
+    assert brief(pb.to_deadline()) == [(RST | ACK, S1 + 10, T_ISN + 1, 0)]
     assert pb.session.state is State.RESYNC
     assert pb.table.next_deadline() < INF                          # never stalls forever
     got = pb.run_until(pb.now + 40)
@@ -176,7 +180,8 @@ def test_resync_session_times_out_when_no_turn_comes():
 
 def test_buffer_overflow_resyncs():
     pb = est(buffer_limit=1000)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 600))           # in flight, unacked
+    out = pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 600))     # in flight, unacked
+    assert brief(out) == [(ACK | PSH, S1, T_ISN + 1, 600)]
     out = pb.cap(client(S1 + 600, O_ISN + 101, ACK | PSH, b"B" * 600))   # held turn: 1200 buffered
     assert brief(out) == [(RST | ACK, S1 + 600, T_ISN + 1, 0), (RST | ACK, S1, T_ISN + 1, 0)]
     assert (pb.c.buffer_overflows, pb.c.resync_bytes_dropped) == (1, 600)
@@ -188,8 +193,11 @@ def test_buffer_overflow_resyncs():
 
 def test_buffer_overflow_by_out_of_order_data():
     pb = est(buffer_limit=1000)
-    for i in range(1, 12):
-        pb.cap(client(S1 + 100 * i, O_ISN + 1, ACK | PSH, b"o" * 100))
+    for i in range(1, 11):
+        assert pb.cap(client(S1 + 100 * i, O_ISN + 1, ACK | PSH, b"o" * 100)) == []
+    assert pb.c.buffer_overflows == 0
+    out = pb.cap(client(S1 + 1100, O_ISN + 1, ACK | PSH, b"o" * 100))          # 1100 bytes held
+    assert brief(out) == [(RST | ACK, S1, T_ISN + 1, 0)]                        # nothing was sent yet
     assert pb.c.buffer_overflows == 1
     assert pb.c.resets_sent == 1
 
@@ -198,9 +206,9 @@ def test_buffer_overflow_by_out_of_order_data():
 def test_sequence_numbers_wrap_mid_session():
     c_isn, o_isn, t_isn = 0xFFFFFF00, 0xFFFFFFF0, 0xFFFFFFC0
     pb = Playbook()
-    pb.cap(client(c_isn, 0, SYN))
-    pb.resp(target(t_isn, c_isn + 1, SYN | ACK, options=MSS1460))
-    pb.cap(client(c_isn + 1, o_isn + 1, ACK))
+    assert brief(pb.cap(client(c_isn, 0, SYN))) == [(SYN, c_isn, 0, 0)]
+    assert brief(pb.resp(target(t_isn, c_isn + 1, SYN | ACK, options=MSS1460))) == [(ACK, c_isn + 1, t_isn + 1, 0)]
+    assert pb.cap(client(c_isn + 1, o_isn + 1, ACK)) == []
     s1 = c_isn + 1                                     # 0xFFFFFF01
     data = bytes(range(256)) * 2
     (d1,) = pb.cap(client(s1, o_isn + 1, ACK | PSH, data))            # crosses 2**32
@@ -216,11 +224,11 @@ def test_sequence_numbers_wrap_mid_session():
     assert (d2.seq, d2.ack) == (0x101, 0xED)
     # split across the wrap
     pb2 = Playbook()
-    pb2.cap(client(0xFFFFF000, 0, SYN))
-    pb2.resp(target(t_isn, 0xFFFFF001, SYN | ACK, options=MSS1460))
+    assert brief(pb2.cap(client(0xFFFFF000, 0, SYN))) == [(SYN, 0xFFFFF000, 0, 0)]
+    assert brief(pb2.resp(target(t_isn, 0xFFFFF001, SYN | ACK, options=MSS1460))) == [(ACK, 0xFFFFF001, t_isn + 1, 0)]
     out = pb2.cap(client(0xFFFFF001, o_isn + 1, ACK | PSH, b"w" * 5000))
     assert [e.seq for e in out] == [0xFFFFF001, 0xFFFFF5B5, 0xFFFFFB69, 0x11D]
-    pb2.resp(target(t_isn + 1, (0xFFFFF001 + 2920) & 0xFFFFFFFF, ACK))
+    assert pb2.resp(target(t_isn + 1, (0xFFFFF001 + 2920) & 0xFFFFFFFF, ACK)) == []
     assert pb2.c.bytes_acked == 2920
     (rtx,) = pb2.to_deadline()
     assert rtx.seq == 0xFFFFFB69
@@ -229,15 +237,15 @@ def test_sequence_numbers_wrap_mid_session():
 def test_wrap_with_out_of_order_and_fin():
     pb = Playbook()
     isn = 0xFFFFFFF0
-    pb.cap(client(isn, 0, SYN))
-    pb.resp(target(T_ISN, isn + 1, SYN | ACK, options=MSS1460))
+    assert brief(pb.cap(client(isn, 0, SYN))) == [(SYN, isn, 0, 0)]
+    assert brief(pb.resp(target(T_ISN, isn + 1, SYN | ACK, options=MSS1460))) == [(ACK, isn + 1, T_ISN + 1, 0)]
     s = isn + 1
-    pb.cap(client(s + 30, O_ISN + 1, ACK | PSH | FIN, b"C" * 10))     # ooo, after the wrap
+    assert pb.cap(client(s + 30, O_ISN + 1, ACK | PSH | FIN, b"C" * 10)) == []     # ooo, after the wrap
     out = pb.cap(client(s, O_ISN + 1, ACK | PSH, b"A" * 30))
     assert [(e.seq, len(e.payload), e.flags & FIN) for e in out] == [(s, 40, 0)]
-    pb.resp(target(T_ISN + 1, 25, ACK))
-    assert [(e.seq, e.flags & FIN) for e in pb.advance(0.2)] == [(25, FIN)]
-    pb.resp(target(T_ISN + 1, 26, ACK | FIN))
+    assert pb.resp(target(T_ISN + 1, 25, ACK)) == []
+    assert brief(pb.advance(0.2)) == [(ACK | FIN, 25, T_ISN + 1, 0)]
+    assert brief(pb.resp(target(T_ISN + 1, 26, ACK | FIN))) == [(ACK, 26, T_ISN + 2, 0)]
     assert pb.c.sessions_completed == 1
 
 

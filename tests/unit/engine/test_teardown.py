@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from appliance.engine.session import State
 from appliance.core.packet import ACK, FIN, PSH, RST, SYN, mss_option
-from tests.unit.enginekit import C_ISN, CPORT, O_ISN, T_ISN, Playbook, brief, client, target
+from tests.unit.enginekit import C_ISN, CPORT, O_ISN, OUR_SYN, T_ISN, Playbook, brief, client, target
 
 REQ = b"GET / HTTP/1.1\r\n\r\n"      # 18 bytes
 S1 = C_ISN + 1
@@ -16,7 +16,7 @@ def answered(**params: object) -> Playbook:
     """Request sent and acked, 100-byte answer received and acked by us."""
     pb = Playbook(**params)
     pb.establish()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, REQ))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, REQ))) == [(ACK | PSH, S1, T_ISN + 1, 18)]
     assert brief(pb.resp(target(T_ISN + 1, S2, ACK | PSH, 100))) == [(ACK, S2, T_ISN + 101, 0)]
     return pb
 
@@ -41,7 +41,7 @@ def test_client_fin_after_target_answered_completes():
 def test_client_fin_waits_for_the_answer_it_followed():
     pb = Playbook()
     pb.establish()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, REQ))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, REQ))) == [(ACK | PSH, S1, T_ISN + 1, 18)]
     assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []
     out = pb.resp(target(T_ISN + 1, S2, ACK | PSH, 100))
     assert brief(out) == [(ACK, S2, T_ISN + 101, 0)]
@@ -50,8 +50,8 @@ def test_client_fin_waits_for_the_answer_it_followed():
 
 def test_fin_split_ack_then_fin_completes():
     pb = answered()
-    pb.cap(client(S2, O_ISN + 101, ACK | FIN))
-    pb.advance(CLOSE_QUIET)
+    assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []
+    assert brief(pb.advance(CLOSE_QUIET)) == [(ACK | FIN, S2, T_ISN + 101, 0)]
     assert pb.resp(target(T_ISN + 101, S2 + 1, ACK)) == []       # FIN acked, target not closed yet
     assert pb.session.state is State.ESTABLISHED
     out = pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN))
@@ -61,8 +61,8 @@ def test_fin_split_ack_then_fin_completes():
 
 def test_retransmitted_client_fin_is_not_sent_twice():
     pb = answered()
-    pb.cap(client(S2, O_ISN + 101, ACK | FIN))
-    (fin,) = pb.advance(CLOSE_QUIET)
+    assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []
+    assert brief(pb.advance(CLOSE_QUIET)) == [(ACK | FIN, S2, T_ISN + 101, 0)]
     assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []         # the client's FIN retransmission
     assert pb.c.client_retransmits == 1
     assert pb.session.stream.end == S2 + 1
@@ -74,7 +74,7 @@ def test_retransmitted_client_fin_is_not_sent_twice():
 def test_retransmitted_data_with_fin_is_dropped_but_new_fin_on_old_data_is_kept():
     pb = Playbook()
     pb.establish()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))) == [(ACK | PSH, S1, T_ISN + 1, 10)]
     # the client retransmits its last 10 bytes, now with the FIN piggybacked: the FIN is new
     assert pb.cap(client(S1, O_ISN + 1, ACK | PSH | FIN, b"x" * 10)) == []   # the FIN waits for the bytes
     # and that segment again: nothing new at all
@@ -91,7 +91,7 @@ def test_target_fin_first_then_client_fin_completes():
     # HTTP/1.0: the server sends the answer and closes; the client closes after reading it
     pb = Playbook()
     pb.establish()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, REQ))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, REQ))) == [(ACK | PSH, S1, T_ISN + 1, 18)]
     out = pb.resp(target(T_ISN + 1, S2, ACK | PSH | FIN, 100))
     assert brief(out) == [(ACK, S2, T_ISN + 102, 0)]
     assert pb.session.state is State.ESTABLISHED and pb.session.target_fin
@@ -106,7 +106,7 @@ def test_target_fin_first_then_client_fin_completes():
 def test_client_rst_is_sent_only_after_all_data_is_acked():
     pb = Playbook()
     pb.establish()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 100))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
     assert pb.cap(client(S1 + 100, O_ISN + 1, RST | ACK)) == []
     assert pb.session.state is State.ESTABLISHED
     out = pb.resp(target(T_ISN + 1, S1 + 50, ACK))
@@ -120,8 +120,8 @@ def test_client_rst_is_sent_only_after_all_data_is_acked():
 
 def test_client_rst_goes_at_once_when_nothing_is_in_flight_and_the_target_is_quiet():
     pb = answered()
-    pb.resp(target(T_ISN + 101, S2, ACK))
-    pb.advance(1.0)
+    assert pb.resp(target(T_ISN + 101, S2, ACK)) == []
+    assert pb.advance(1.0) == []
     out = pb.cap(client(S2, O_ISN + 101, RST | ACK))
     assert brief(out) == [(RST | ACK, S2, T_ISN + 101, 0)]
     assert pb.c.sessions_reset_by_client == 1
@@ -169,7 +169,7 @@ def test_a_target_rst_off_rcv_nxt_is_challenged_or_ignored_rfc5961():
 
 def test_a_rst_in_syn_sent_counts_only_when_it_acknowledges_our_syn():
     pb = Playbook()
-    pb.cap(client(C_ISN, 0, SYN))
+    assert brief(pb.cap(client(C_ISN, 0, SYN))) == [OUR_SYN]
     assert pb.resp(target(0, C_ISN + 7, RST | ACK)) == []          # acks something else
     assert pb.resp(target(0, 0, RST)) == []                        # acks nothing
     assert pb.session.state is State.SYN_SENT and pb.c.target_resets_ignored == 2
@@ -179,7 +179,7 @@ def test_a_rst_in_syn_sent_counts_only_when_it_acknowledges_our_syn():
 
 def test_target_rst_after_max_restarts_closes():
     pb = answered(max_restarts=0)
-    pb.cap(client(S2, O_ISN + 401, ACK | PSH, b"GET /2\r\n\r\n"))
+    assert pb.cap(client(S2, O_ISN + 401, ACK | PSH, b"GET /2\r\n\r\n")) == []     # held for its turn
     assert pb.resp(target(T_ISN + 101, S2, RST | ACK)) == []
     assert pb.session.state is State.CLOSED and pb.c.restarts == 0
 
@@ -198,8 +198,8 @@ def test_idle_session_times_out_with_rst():
 def test_client_keepalives_do_not_keep_the_target_connection_forever():
     # pure ACKs are dropped, but they are client activity: the idle clock restarts
     pb = answered(keepalive_timeout=60.0)
-    pb.advance(50)
-    pb.cap(client(S2 - 1, O_ISN + 101, ACK))                      # keepalive probe
+    assert pb.advance(50) == []
+    assert pb.cap(client(S2 - 1, O_ISN + 101, ACK)) == []         # keepalive probe
     assert pb.run_until(pb.now + 59) == []
     assert [e.flags for _, e in pb.run_until(pb.now + 2)] == [RST | ACK]
 
@@ -207,7 +207,7 @@ def test_client_keepalives_do_not_keep_the_target_connection_forever():
 def test_pending_data_without_progress_times_out_at_session_timeout():
     pb = Playbook(session_timeout=5.0)
     pb.establish()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))) == [(ACK | PSH, S1, T_ISN + 1, 10)]
     got = pb.run_until(pb.now + 6)
     assert [round(t - 100.0, 6) for t, e in got if e.payload] == [0.1, 0.3, 0.7, 1.5, 3.1]
     rsts = [(round(t - 100.0, 6), e.seq) for t, e in got if e.flags & RST]
@@ -218,9 +218,9 @@ def test_pending_data_without_progress_times_out_at_session_timeout():
 # ---- linger and late packets ----------------------------------------------------------------
 def test_closed_session_absorbs_late_packets_then_is_forgotten():
     pb = answered(linger=4.0)
-    pb.cap(client(S2, O_ISN + 101, ACK | FIN))
-    pb.advance(CLOSE_QUIET)
-    pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN))
+    assert pb.cap(client(S2, O_ISN + 101, ACK | FIN)) == []
+    assert brief(pb.advance(CLOSE_QUIET)) == [(ACK | FIN, S2, T_ISN + 101, 0)]
+    assert brief(pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN))) == [(ACK, S2 + 1, T_ISN + 102, 0)]
     closed = pb.now
     assert pb.table.next_deadline() == closed + 4.0
     assert pb.advance(3.9) == []
@@ -228,7 +228,7 @@ def test_closed_session_absorbs_late_packets_then_is_forgotten():
     assert pb.resp(target(T_ISN + 101, S2 + 1, ACK | FIN)) == []
     assert (pb.c.client_late, pb.c.responses_late) == (1, 1)
     assert pb.table.active() == 0 and len(pb.table.sessions) == 1
-    pb.to_deadline()
+    assert pb.to_deadline() == []
     assert not pb.table.sessions
     assert pb.resp(target(T_ISN + 101, S2 + 1, ACK)) == []
     assert pb.c.responses_unmatched == 1
@@ -236,7 +236,7 @@ def test_closed_session_absorbs_late_packets_then_is_forgotten():
 
 def test_new_connection_reusing_port_of_a_closed_session():
     pb = answered()
-    pb.resp(target(T_ISN + 101, S2, RST))                        # closed, lingering
+    assert pb.resp(target(T_ISN + 101, S2, RST)) == []           # closed, lingering
     far = (S2 + (1 << 25)) & 0xFFFFFFFF
     out = pb.cap(client(far, 123, ACK | PSH, b"new conn"))       # mid-stream capture of another connection
     assert brief(out) == [(SYN, far - 1, 0, 0)]
@@ -247,20 +247,17 @@ def test_new_connection_reusing_port_of_a_closed_session():
 def test_shutdown_resets_open_sessions_only():
     pb = Playbook()
     pb.establish()                                                 # port CPORT: established
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))
-    pb.cap(client(5000, 0, SYN, port=CPORT + 1))                   # handshake in progress
-    pb.cap(client(7000, 0, SYN, port=CPORT + 2))
-    pb.resp(target(0, 7001, RST | ACK, port=CPORT + 2))            # refused: closed
-    pb.table.take_output()
-    pb.table.shutdown(pb.now)
-    out = pb.table.take_output()
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 10))) == [(ACK | PSH, S1, T_ISN + 1, 10)]
+    assert brief(pb.cap(client(5000, 0, SYN, port=CPORT + 1))) == [(SYN, 5000, 0, 0)]   # handshake in progress
+    assert brief(pb.cap(client(7000, 0, SYN, port=CPORT + 2))) == [(SYN, 7000, 0, 0)]
+    assert pb.resp(target(0, 7001, RST | ACK, port=CPORT + 2)) == []                   # refused: closed
+    out = pb.shutdown()
     assert [(e.src_port, e.flags, e.seq) for e in out] == [(CPORT, RST | ACK, S1 + 10),
                                                            (CPORT, RST | ACK, S1),
                                                            (CPORT + 1, RST, 5001)]
     assert pb.c.sessions_shutdown == 2
     assert pb.table.active() == 0
-    pb.table.shutdown(pb.now)                                      # idempotent
-    assert pb.table.take_output() == [] and pb.c.sessions_shutdown == 2
+    assert pb.shutdown() == [] and pb.c.sessions_shutdown == 2      # idempotent
 
 
 # ---- the target closes first, the client goes on ----------------------------------------------
@@ -280,10 +277,11 @@ def test_request_after_target_closed_is_replayed_on_a_new_connection():
 def test_client_close_while_resynchronising_closes_the_session():
     pb = Playbook(buffer_limit=1000)
     pb.establish()
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 600))
-    pb.cap(client(S1 + 600, O_ISN + 101, ACK | PSH, b"B" * 600))  # overflow: resync
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 600))) == [(ACK | PSH, S1, T_ISN + 1, 600)]
+    out = pb.cap(client(S1 + 600, O_ISN + 101, ACK | PSH, b"B" * 600))         # overflow: resync
+    assert brief(out) == [(RST | ACK, S1 + 600, T_ISN + 1, 0), (RST | ACK, S1, T_ISN + 1, 0)]
     assert pb.session.state is State.RESYNC
-    pb.cap(client(S1 + 1200, O_ISN + 101, ACK | FIN))
+    assert pb.cap(client(S1 + 1200, O_ISN + 101, ACK | FIN)) == []
     assert pb.session.state is State.CLOSED
     assert pb.c.sessions_timed_out == 0
 
@@ -291,7 +289,7 @@ def test_client_close_while_resynchronising_closes_the_session():
 def test_reordered_old_ack_does_not_shrink_the_window():
     pb = Playbook()
     pb.establish()
-    pb.resp(target(T_ISN + 1, S1, ACK, window=4000, payload_len=10))
-    pb.resp(target(T_ISN + 11, S1, ACK, window=4000))
-    pb.resp(target(T_ISN + 1, S1, ACK, window=0))                 # older, overtaken: ignored
+    assert brief(pb.resp(target(T_ISN + 1, S1, ACK, window=4000, payload_len=10))) == [(ACK, S1, T_ISN + 11, 0)]
+    assert pb.resp(target(T_ISN + 11, S1, ACK, window=4000)) == []
+    assert pb.resp(target(T_ISN + 1, S1, ACK, window=0)) == []    # older, overtaken: ignored
     assert pb.session.snd_wnd == 4000

@@ -5,18 +5,17 @@ from __future__ import annotations
 import pytest
 
 from appliance.core.packet import ACK, FIN, PSH, SYN, parse_options, timestamp_option
-from tests.unit.enginekit import C_ISN, O_ISN, T_ISN, Playbook, brief, client, target, ts
+from tests.unit.enginekit import C_ISN, O_ISN, OUR_SYN, T_ISN, THIRD_ACK, Playbook, brief, client, target, ts
 
 S1 = C_ISN + 1
 MSS1460 = b"\x02\x04\x05\xb4"
 CLIENT_TS_WS = b"\x02\x04\x05\xb4\x04\x02" + b"\x08\x0a\x00\x00\x03\x09\x00\x00\x00\x00" + b"\x01\x03\x03\x07"
 
 
-def handshake(pb: Playbook, syn_opts: bytes = b"", synack_opts: bytes = MSS1460, window: int = 65535) -> list:
-    pb.cap(client(C_ISN, 0, SYN, options=syn_opts))
-    out = pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, window=window, options=synack_opts))
-    pb.cap(client(C_ISN + 1, O_ISN + 1, ACK))
-    return out
+def handshake(pb: Playbook, syn_opts: bytes = b"", synack_opts: bytes = MSS1460, window: int = 65535) -> None:
+    assert brief(pb.cap(client(C_ISN, 0, SYN, options=syn_opts))) == [OUR_SYN]
+    assert brief(pb.resp(target(T_ISN, C_ISN + 1, SYN | ACK, window=window, options=synack_opts))) == [THIRD_ACK]
+    assert pb.cap(client(C_ISN + 1, O_ISN + 1, ACK)) == []
 
 
 def ts_of(e) -> tuple[int | None, int | None]:
@@ -107,7 +106,7 @@ def test_window_scale_from_syn_ack_is_applied():
 def test_window_scale_ignored_unless_both_sides_offered_it():
     pb = Playbook()
     handshake(pb, MSS1460, MSS1460 + b"\x01\x03\x03\x02")      # the client offered no WS
-    pb.resp(target(T_ISN + 1, S1, ACK, window=100))
+    assert pb.resp(target(T_ISN + 1, S1, ACK, window=100)) == []
     out = pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"w" * 1000))
     assert brief(out) == [(ACK | PSH, S1, T_ISN + 1, 100)]
 
@@ -123,7 +122,7 @@ def test_oversized_capture_is_split_into_mss_segments():
     assert all(e.flags == ACK | PSH and e.ack == T_ISN + 1 for e in out)
     assert b"".join(e.payload for e in out) == data[:5000]
     assert pb.c.bytes_sent == 5000
-    pb.resp(target(T_ISN + 1, S1 + 5000, ACK))
+    assert pb.resp(target(T_ISN + 1, S1 + 5000, ACK)) == []
     assert pb.c.bytes_acked == 5000 and pb.session.buffered == 0
 
 
@@ -143,7 +142,7 @@ def test_split_then_the_fin_alone_once_every_byte_is_acknowledged():
 def test_target_mss_and_mtu_bound_segment_size():
     pb = Playbook()
     handshake(pb, synack_opts=b"\x02\x04\x02\x18")            # target MSS 536
-    assert {len(e.payload) for e in pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"m" * 1072))} == {536}
+    assert [len(e.payload) for e in pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"m" * 1072))] == [536, 536]
     pb = Playbook(mtu=1000)
     handshake(pb)                                              # MSS 1460 but our MTU is 1000
     assert [len(e.payload) for e in pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"m" * 1500))] == [960, 540]
@@ -163,8 +162,8 @@ def test_rto_retransmits_with_exponential_backoff_capped():
     assert all(brief([e]) == brief([first]) and e.payload == first.payload for _, e in got)
     assert pb.c.retransmits == 7
     # an ack resets the timeout to rto_min
-    pb.resp(target(T_ISN + 1, S1 + 100, ACK))
-    pb.cap(client(S1 + 100, O_ISN + 1, ACK | PSH, b"s" * 10))
+    assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []
+    assert brief(pb.cap(client(S1 + 100, O_ISN + 1, ACK | PSH, b"s" * 10))) == [(ACK | PSH, S1 + 100, T_ISN + 1, 10)]
     t0 = pb.now
     (again,) = pb.to_deadline()
     assert pb.now - t0 == pytest.approx(0.1)
@@ -179,27 +178,28 @@ def test_the_retransmission_timeout_follows_the_measured_round_trip_rfc6298():
     handshake(pb)
     seq = S1
     for _ in range(4):
-        pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"r" * 10))
+        assert brief(pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"r" * 10))) == [(ACK | PSH, seq, T_ISN + 1, 10)]
         seq += 10
         assert pb.advance(0.09) == []                            # before rto_min: nothing again anyway
         pb.now += 0.21
-        pb.resp(target(T_ISN + 1, seq, ACK))
+        assert pb.resp(target(T_ISN + 1, seq, ACK)) == []
     sess = pb.session
     assert sess.srtt == pytest.approx(0.3) and 0.3 < sess.rto < 1.0
-    pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"s" * 10))
+    assert brief(pb.cap(client(seq, O_ISN + 1, ACK | PSH, b"s" * 10))) == [(ACK | PSH, seq, T_ISN + 1, 10)]
     assert pb.advance(0.3) == []                                 # no spurious retransmission
     (again,) = pb.to_deadline()
     assert again.seq == seq and pb.c.retransmits == 1
     pb.now += 1.0
-    pb.resp(target(T_ISN + 1, seq + 10, ACK))                    # acks a segment sent twice: no sample
+    assert pb.resp(target(T_ISN + 1, seq + 10, ACK)) == []       # acks a segment sent twice: no sample
     assert sess.srtt == pytest.approx(0.3)
 
 
 def test_retransmission_carries_the_current_ack():
     pb = Playbook()
     handshake(pb)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"r" * 100))
-    pb.resp(target(T_ISN + 1, S1, ACK, 50))                    # data, but our segment not acked
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"r" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
+    out = pb.resp(target(T_ISN + 1, S1, ACK, 50))              # data, but our segment not acked
+    assert brief(out) == [(ACK, S1 + 100, T_ISN + 51, 0)]
     (rtx,) = pb.to_deadline()
     assert (rtx.seq, rtx.ack) == (S1, T_ISN + 51)
 
@@ -208,7 +208,8 @@ def test_fast_retransmit_after_three_duplicate_acks():
     pb = Playbook()
     handshake(pb)
     for i in range(3):
-        pb.cap(client(S1 + 100 * i, O_ISN + 1, ACK | PSH, bytes([65 + i]) * 100))
+        out = pb.cap(client(S1 + 100 * i, O_ISN + 1, ACK | PSH, bytes([65 + i]) * 100))
+        assert brief(out) == [(ACK | PSH, S1 + 100 * i, T_ISN + 1, 100)]
     assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []      # first segment acked
     assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []
     assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []
@@ -226,7 +227,8 @@ def test_after_a_loss_each_partial_ack_fills_the_next_hole_at_once_newreno():
     pb = Playbook()
     handshake(pb)
     for i in range(4):
-        pb.cap(client(S1 + 100 * i, O_ISN + 1, ACK | PSH, bytes([65 + i]) * 100))
+        out = pb.cap(client(S1 + 100 * i, O_ISN + 1, ACK | PSH, bytes([65 + i]) * 100))
+        assert brief(out) == [(ACK | PSH, S1 + 100 * i, T_ISN + 1, 100)]
     (rto,) = pb.to_deadline()                                   # nothing acked: the first again
     assert (rto.seq, pb.c.retransmits) == (S1, 1)
     (hole2,) = pb.resp(target(T_ISN + 1, S1 + 100, ACK))      # partial: the second was lost too
@@ -240,28 +242,27 @@ def test_after_a_loss_each_partial_ack_fills_the_next_hole_at_once_newreno():
 def test_window_updates_and_data_are_not_duplicate_acks():
     pb = Playbook()
     handshake(pb)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))
-    pb.cap(client(S1 + 100, O_ISN + 1, ACK | PSH, b"B" * 100))
-    out = []
-    out += pb.resp(target(T_ISN + 1, S1, ACK, window=60000))    # window changed
-    out += pb.resp(target(T_ISN + 1, S1, ACK | PSH, 10, window=60000))   # carries data
-    out += pb.resp(target(T_ISN + 11, S1, ACK | PSH, 10, window=60000))
-    out += pb.resp(target(T_ISN + 21, S1, ACK, window=60000))   # the first real duplicate
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
+    assert brief(pb.cap(client(S1 + 100, O_ISN + 1, ACK | PSH, b"B" * 100))) == [(ACK | PSH, S1 + 100, T_ISN + 1, 100)]
+    assert pb.resp(target(T_ISN + 1, S1, ACK, window=60000)) == []        # window changed
+    # data from the target: only our ACKs of it
+    assert brief(pb.resp(target(T_ISN + 1, S1, ACK | PSH, 10, window=60000))) == [(ACK, S1 + 200, T_ISN + 11, 0)]
+    assert brief(pb.resp(target(T_ISN + 11, S1, ACK | PSH, 10, window=60000))) == [(ACK, S1 + 200, T_ISN + 21, 0)]
+    assert pb.resp(target(T_ISN + 21, S1, ACK, window=60000)) == []       # the first real duplicate
     assert pb.c.fast_retransmits == 0
-    assert all(not e.payload for e in out)                      # only our ACKs of their data
 
 
 def test_partial_ack_trims_inflight():
     pb = Playbook()
     handshake(pb)
     data = bytes(range(200)) * 5
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, data))
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, data))) == [(ACK | PSH, S1, T_ISN + 1, 1000)]
     assert pb.session.buffered == 1000
-    pb.resp(target(T_ISN + 1, S1 + 600, ACK))
+    assert pb.resp(target(T_ISN + 1, S1 + 600, ACK)) == []
     assert pb.c.bytes_acked == 600 and pb.session.buffered == 400
     (rtx,) = pb.to_deadline()
     assert (rtx.seq, rtx.payload) == (S1 + 600, data[600:])
-    pb.resp(target(T_ISN + 1, S1 + 1000, ACK))
+    assert pb.resp(target(T_ISN + 1, S1 + 1000, ACK)) == []
     assert pb.c.bytes_acked == 1000 and pb.session.buffered == 0
     assert pb.table.next_deadline() > pb.now + 100               # no RTO left armed
 
@@ -269,7 +270,7 @@ def test_partial_ack_trims_inflight():
 def test_acks_outside_the_window_are_ignored():
     pb = Playbook()
     handshake(pb)
-    pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 100))
-    pb.resp(target(T_ISN + 1, S1 + 5000, ACK))                  # acks bytes never sent
-    pb.resp(target(T_ISN + 1, S1 - 10, ACK))                    # old ack
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"x" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
+    assert pb.resp(target(T_ISN + 1, S1 + 5000, ACK)) == []     # acks bytes never sent
+    assert pb.resp(target(T_ISN + 1, S1 - 10, ACK)) == []       # old ack
     assert pb.c.bytes_acked == 0 and pb.session.snd_una == S1

@@ -1,4 +1,5 @@
-"""The sending half of a session: turns, window, retransmission, ACKs and resets to the target.
+"""The transmitting half of a session (`Transmitter`): turns, window, retransmission, ACKs and resets
+to the target.
 
 The base class of `Session` (appliance/engine/session.py), split out to keep each module small. It
 owns the slots it writes; what it only reads is declared below and set by `Session`. Sans-io like the
@@ -15,7 +16,7 @@ from appliance.engine.stream import INF, NO_CHUNKS, Chunk, ClientStream, queued
 from appliance.core.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
 
 
-class Sender:
+class Transmitter:
     __slots__ = ("state", "closed_at", "ip_id", "snd_nxt", "inflight", "inflight_bytes", "persist_at", "rto_at",
                  "ack_pending", "fin_sent", "last_ts_val", "held_since", "resp_at_release")
 
