@@ -57,7 +57,7 @@ test: setup packaging-setup lint
 # mypy --strict on the shared core (core, config, engine) and tcpcopyd's pure parts
 MYPY_STRICT := appliance/core appliance/config appliance/engine \
 	appliance/compare appliance/tcpcopyd/lifecycle.py appliance/tcpcopyd/status.py appliance/tcpcopyd/handlers.py \
-	appliance/tcpcopyd/policy.py
+	appliance/tcpcopyd/policy.py appliance/tcpcopyd/answers.py appliance/interceptd/shardsplit.py
 lint: setup
 	$(VENV)/bin/ruff check appliance workers bin perf tests
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)

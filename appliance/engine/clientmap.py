@@ -5,7 +5,7 @@ the client keeps its own address: the identity, and nothing is stored. Otherwise
 connection gets a tuple of its own, allocated so that
 
 - no two live copies share a (client ip, client port, target ip, target port), and
-- `shard_of(ip, port)` is this shard, so the responses relay brings the target's answers here.
+- `shard_of(ip, port)` is this shard, so interceptd sends the target's answers for it here.
 
 A pool gives every copy an address from the pool (the target's route must cover the pool).
 Without a pool, copy 0 keeps the client's address and further copies use the client's IP with

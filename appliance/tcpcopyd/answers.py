@@ -207,4 +207,3 @@ class AnswerChannel:
         return [self.sock, self.monitor]
 
 
-ResponseChannel = AnswerChannel    # the old name, until tests/unit/core/test_bounded_decoding.py follows

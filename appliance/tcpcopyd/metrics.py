@@ -43,7 +43,7 @@ class _RowsCollector:
         for row in self._rows():
             index = str(row["index"])
             counters = dict(row["counters"])
-            # a rewrite worker's channel from interceptd keeps the names the responses relay had
+            # a rewrite worker's channel from interceptd keeps the names of the totals.responses it is summed into
             for key, value in counters.pop("response_channel", {}).items():
                 counters[("responses", key)] = value
             for name, value in counters.items():

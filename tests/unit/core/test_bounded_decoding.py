@@ -13,7 +13,7 @@ from appliance.core import wire
 from appliance.config.specs import CaptureSpec
 from appliance.core.control import Request, decode_reply, decode_request, encode_reply, ok_reply
 from appliance.tcpcopyd.handlers import handle_set
-from appliance.tcpcopyd.answers import MAX_COUNTERS_KEPT, MAX_FILTER_CHARS, MAX_INTERCEPTS_SHOWN, ResponseChannel
+from appliance.tcpcopyd.answers import MAX_COUNTERS_KEPT, MAX_FILTER_CHARS, MAX_INTERCEPTS_SHOWN, AnswerChannel
 
 STATS, CONTROL = wire.KIND_STATS, wire.KIND_CONTROL
 DIGITS = b"1" * 4301                        # one digit over Python's int conversion limit
@@ -107,7 +107,7 @@ def test_request_ids_are_bounded():
 @pytest.fixture
 def channel():
     ctx = zmq.Context()
-    ch = ResponseChannel(ctx, 2, 0, ())
+    ch = AnswerChannel(ctx, 2, 0, ())
     yield ch
     for sock in ch.sockets():
         sock.close(linger=0)

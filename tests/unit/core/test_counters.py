@@ -22,7 +22,7 @@ from appliance.core.counters import (DROP_COUNTERS, FILE_DROPS, GAUGES, NOT_COMP
 from appliance.engine.params import EngineCounters
 from appliance.interceptd.daemon import Intercept
 from appliance.tcpcopyd import answers, observe
-from appliance.tcpcopyd.answers import ResponseChannel
+from appliance.tcpcopyd.answers import AnswerChannel
 from appliance.tcpcopyd.metrics import _RowsCollector
 from appliance.tcpcopyd.status_schema import COUNTERS, unknown_counters
 from tests.unit.pcapkit import ETH, epb, idb, ip_packet, shb
@@ -155,7 +155,7 @@ def ctx() -> Iterator[zmq.Context]:
 def test_every_rewrite_worker_publishes_its_records_names_and_the_interceptds(tmp_path, ctx, index):
     worker = RewriteWorker(RewriteSpec(index=index, shards=2, run_dir=str(tmp_path), transfers=TRANSFERS))
     worker.sender = type("Sender", (), {"sent": 4, "errors": {"EPERM": 1}})()
-    worker.channel = ResponseChannel(ctx, 2, index, ())
+    worker.channel = AnswerChannel(ctx, 2, index, ())
     try:
         worker.table.counters.responses = 7
         published = heartbeat_counters(worker)
@@ -169,7 +169,7 @@ def test_every_rewrite_worker_publishes_its_records_names_and_the_interceptds(tm
 
 
 def test_the_channel_and_interceptd_report_exactly_their_records_names(ctx):
-    channel = ResponseChannel(ctx, 1, 0, ())
+    channel = AnswerChannel(ctx, 1, 0, ())
     try:
         assert list(channel.counters()) == list(names_of("responses"))
     finally:
