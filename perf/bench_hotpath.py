@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from appliance.engine.table import SessionTable
 from appliance.core.packet import ACK, PSH, SYN, build_ipv4_tcp, headers_only, ip_to_int, parse_ipv4_tcp
+from appliance.engine.table import SessionTable
 
 CLIENT, ONLINE, TARGET = ip_to_int("198.18.0.1"), ip_to_int("198.18.0.2"), ip_to_int("198.18.0.3")
 REQUEST = b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * 200

@@ -18,9 +18,9 @@ import struct
 
 import psutil
 
+from appliance.core.packet import ACK, PSH, SYN, TcpSegment, ip_to_int
 from appliance.engine.params import EngineParams
 from appliance.engine.table import SessionTable
-from appliance.core.packet import ACK, PSH, SYN, TcpSegment, ip_to_int
 
 ONLINE, TARGET = ip_to_int("198.18.0.2"), ip_to_int("198.18.0.3")
 CLIENTS = ip_to_int("198.18.128.0")

@@ -23,10 +23,19 @@ import random
 import tempfile
 import time
 
-from appliance.core import wire
 from appliance.config.loader import InterceptConfig
+from appliance.core import wire
 from appliance.core.packet import (
-    ACK, PSH, RST, SYN, MalformedPacket, TcpSegment, build_ipv4_tcp, ip_to_int, parse_ipv4_tcp, parse_options,
+    ACK,
+    PSH,
+    RST,
+    SYN,
+    MalformedPacket,
+    TcpSegment,
+    build_ipv4_tcp,
+    ip_to_int,
+    parse_ipv4_tcp,
+    parse_options,
 )
 from appliance.core.pcapfile import PcapError, packets
 from appliance.interceptd.daemon import Intercept

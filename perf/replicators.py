@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from original import Original
 
 from appliance.lab.rig import ReplicationRig
-from original import Original
 
 CpuSnapshot = dict[int, float]
 OFFLINE_TAIL = "20"             # tcpcopyd --offline-tail: seconds for the sessions after the file ends

@@ -193,8 +193,8 @@ class Sampler(threading.Thread):
     def busy_window(self) -> tuple[float, float, float]:
         """(seconds, machine busy share, target CPU share of one core) while tcpcopyd worked: the
         samples in which its processes used more than a fifth of a core."""
-        working = [i for i in range(1, len(self.timeline))
-                   if self.timeline[i][2] - self.timeline[i - 1][2] > 0.2 * (self.timeline[i][0] - self.timeline[i - 1][0])]
+        t = self.timeline
+        working = [i for i in range(1, len(t)) if t[i][2] - t[i - 1][2] > 0.2 * (t[i][0] - t[i - 1][0])]
         if not working:
             return 0.0, 0.0, 0.0
         (t0, m0, _, g0), (t1, m1, _, g1) = self.timeline[working[0] - 1], self.timeline[working[-1]]

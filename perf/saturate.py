@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import psutil
+from original import Original, check_dir
+from replicators import NoReplicator, OriginalTcpcopy, Tcpcopyd, children_cpu, snapshot, tree, used
 
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.nginx import AccessLog
 from appliance.lab.rig import ReplicationRig
 from appliance.lab.tools import ab, capturing, counters_delta, kernel_counters, port_range, wrk
-from original import Original, check_dir
-from replicators import NoReplicator, OriginalTcpcopy, Tcpcopyd, children_cpu, snapshot, tree, used
 
 LAB_PREFIX = "tclsat"
 PORT = 8080
@@ -329,7 +329,8 @@ def offline_run(capture: dict[str, Any], repl: Replicator, rig: ReplicationRig, 
         "target_requests": len(got), "completeness_pct": round(100 * len(got) / capture["online_requests"], 2)
         if capture["online_requests"] else 0.0,
         "rate": round(len(got) / span) if span else None, "rate_from_start": round(len(got) / wall) if wall else None,
-        "span_s": round(span, 2), "t99_s": round(t99, 2), "cpu_s": {"online": round(online_cpu, 3), "assistant": round(assistant_cpu, 3)},
+        "span_s": round(span, 2), "t99_s": round(t99, 2),
+        "cpu_s": {"online": round(online_cpu, 3), "assistant": round(assistant_cpu, 3)},
         "us_per_request_total": round(1e6 * (online_cpu + assistant_cpu) / len(got), 1) if got else None,
         **res,
     }

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.tcpcopyctl.cli import call
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.rig import ReplicationRig
+from appliance.tcpcopyctl.cli import call
 
 
 def main() -> None:

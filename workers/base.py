@@ -18,8 +18,8 @@ import setproctitle
 import zmq
 
 from appliance.core import wire
-from appliance.tcpcopyd.lifecycle import HEARTBEAT_INTERVAL
 from appliance.core.logs import setup_logging
+from appliance.tcpcopyd.lifecycle import HEARTBEAT_INTERVAL
 
 log = logging.getLogger(__name__)
 

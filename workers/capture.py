@@ -13,8 +13,8 @@ from typing import Any
 import pcap
 import zmq
 
-from appliance.core import wire
 from appliance.config.specs import CaptureSpec, spec_from_json
+from appliance.core import wire
 from appliance.core.counters import CaptureCounters, as_dict
 from appliance.core.flowkey import shard_of
 from appliance.core.packet import client_key_of, frame_ip

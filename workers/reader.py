@@ -18,10 +18,10 @@ from typing import Any
 
 import zmq
 
-from appliance.core import wire
 from appliance.config.specs import ReaderSpec, spec_from_json
-from appliance.core.flowkey import shard_of
+from appliance.core import wire
 from appliance.core.counters import FILE_DROPS, ReaderCounters, as_dict
+from appliance.core.flowkey import shard_of
 from appliance.core.packet import client_key_of, frame_ip, server_key_of, tcp_flags_of
 from appliance.core.pcapfile import PcapError, packets
 from appliance.core.transfer import TransferMap, parse_transfers

@@ -16,18 +16,18 @@ from typing import Any
 
 import zmq
 
-from appliance.core import wire
 from appliance.config.specs import RewriteSpec, spec_from_json
+from appliance.core import wire
 from appliance.core.counters import RewriteCounters, as_dict
+from appliance.core.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
+from appliance.core.transfer import TransferMap, parse_transfers
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.session import INF, Emit
 from appliance.engine.table import SessionTable
-from appliance.core.packet import MalformedPacket, ip_to_int, parse_ipv4_tcp
-from appliance.core.transfer import TransferMap, parse_transfers
-from workers.base import Worker, child_main
 from appliance.host.rawsend import RawSender
-from appliance.tcpcopyd.answers import AnswerChannel, intercept_endpoints
 from appliance.host.sockdiag import SocketTable
+from appliance.tcpcopyd.answers import AnswerChannel, intercept_endpoints
+from workers.base import Worker, child_main
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,17 @@ from dataclasses import dataclass
 
 from appliance.core.packet import ACK, FIN, RST, SYN
 from appliance.core.wire import (
-    MAX_TURN_HEAD, TURN_CONTINUED, TURN_DIGEST_SIZE, TURN_END_EVICTED, TURN_END_FIN, TURN_END_IDLE,
-    TURN_END_RST, TURN_HTTP_BODY, TURN_INCOMPLETE, TURN_ISN_KNOWN, TurnRecord,
+    MAX_TURN_HEAD,
+    TURN_CONTINUED,
+    TURN_DIGEST_SIZE,
+    TURN_END_EVICTED,
+    TURN_END_FIN,
+    TURN_END_IDLE,
+    TURN_END_RST,
+    TURN_HTTP_BODY,
+    TURN_INCOMPLETE,
+    TURN_ISN_KNOWN,
+    TurnRecord,
 )
 
 Turn = TurnRecord            # the assembler's output is exactly what interceptd publishes

@@ -17,9 +17,8 @@ from functools import partial
 from typing import Any
 
 from appliance.config.keys import Setting, auto_workers
-
-from appliance.engine.params import EngineParams
 from appliance.core.errors import ConfigError
+from appliance.engine.params import EngineParams
 
 DEFAULT_RUN_DIR = "/run/tcpcopy-py"
 MAX_CONFIG_BYTES = 16 << 20          # the sample is 5 KB; a full 65536-address client_pool list ~1.2 MB
@@ -170,7 +169,8 @@ def online_config(v: Values, source: str) -> OnlineConfig:
     secret_key, intercept_public_key = _curve_client(v)      # checked last, as before: keys need the user
     return OnlineConfig(
         transfers=transfers, intercepts=v["tcpcopyd.intercepts"], interfaces=v["tcpcopyd.interfaces"],
-        bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)), workers=v["tcpcopyd.workers"] or auto_workers(),
+        bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)),
+        workers=v["tcpcopyd.workers"] or auto_workers(),
         run_dir=v["tcpcopyd.run_dir"], engine=engine, pin_cpus=v["tcpcopyd.pin_cpus"],
         buffer_bytes=v["tcpcopyd.capture_buffer_mb"] << 20, sample_rate=v["tcpcopyd.sample_percent"] / 100,
         client_pool=v["tcpcopyd.client_pool"], copies=v["tcpcopyd.copies"],

@@ -26,8 +26,7 @@ from functools import cache
 from types import MappingProxyType
 from typing import Any
 
-from appliance.core.counterfield import (CounterMeta, Group, Kind, gauge, gauge_float, info, meta_of, total,
-                                         total_by)
+from appliance.core.counterfield import CounterMeta, Group, Kind, gauge, gauge_float, info, meta_of, total, total_by
 from appliance.engine.params import EngineCounters
 
 

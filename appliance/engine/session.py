@@ -15,13 +15,23 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from appliance.core.packet import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    TcpSegment,
+    mss_option,
+    parse_options,
+    seq_diff,
+    seq_le,
+    seq_lt,
+    ts_val_of,
+)
 from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
-from appliance.engine.transmit import Transmitter
 from appliance.engine.stream import INF, NO_CHUNKS, NO_OOO, Chunk, ClientStream
-from appliance.core.packet import (
-    ACK, FIN, RST, SYN, TcpSegment, mss_option, parse_options, seq_diff, seq_le, seq_lt, ts_val_of,
-)
+from appliance.engine.transmit import Transmitter
 
 __all__ = ["INF", "Chunk", "Emit", "Key", "Session", "State"]
 
@@ -545,7 +555,8 @@ _STREAM_BOOLS = ("client_closed",)
 # Slots that are not numbers: restored from the table (key, params, counters, output list) or
 # empty by the precondition (queues, SYN options); `online_base` (int or None) and `state` are
 # packed by hand.
-NOT_PACKED = {"key", "p", "c", "out", "rekey", "stream", "inflight", "syn_options", "state", "unsent", "ooo", "online_base"}
+NOT_PACKED = {"key", "p", "c", "out", "rekey", "stream", "inflight", "syn_options", "state", "unsent", "ooo",
+              "online_base"}
 _PACKED = struct.Struct("=" + "d" * (len(_FLOATS) + len(_STREAM_FLOATS)) + "q" * (len(_INTS) + len(_STREAM_INTS) + 1)
                         + "?" * (len(_BOOLS) + len(_STREAM_BOOLS)) + "B")
 _DEADLINE = struct.Struct("=d")

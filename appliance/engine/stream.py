@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from appliance.engine.params import EngineCounters
 from appliance.core.packet import FIN, seq_diff, seq_le, seq_lt
+from appliance.engine.params import EngineCounters
 
 INF = float("inf")
 

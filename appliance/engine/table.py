@@ -14,11 +14,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
+from appliance.core.packet import ACK, RST, SYN, TcpSegment, seq_diff
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.session import INF, Emit, Key, Session, State, packed_deadline
-from appliance.core.packet import ACK, RST, SYN, TcpSegment, seq_diff
-
 
 MIN_TIMER_STEP = 0.0005    # seconds
 

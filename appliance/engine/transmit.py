@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import deque
 
+from appliance.core.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
 from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.stream import INF, NO_CHUNKS, Chunk, ClientStream, queued
-from appliance.core.packet import ACK, FIN, PSH, RST, seq_diff, seq_lt, timestamp_option
 
 
 class Transmitter:

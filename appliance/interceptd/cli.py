@@ -10,11 +10,11 @@ import os
 import sys
 
 from appliance import __version__
+from appliance.config.keys import INTERCEPT
 from appliance.config.loader import add_setting_flags, intercept_config, load
 from appliance.core.errors import EXIT_CONFIG, EXIT_NO_PERMISSION, ConfigError
 from appliance.core.logs import setup_logging
 from appliance.host.privileges import has_net_capabilities
-from appliance.config.keys import INTERCEPT
 
 
 def build_parser() -> argparse.ArgumentParser:

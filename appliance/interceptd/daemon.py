@@ -26,10 +26,10 @@ from typing import Any
 import pcap
 import zmq
 
-from appliance.host import curvekeys
-from appliance.core import wire
 from appliance.config.loader import InterceptConfig
+from appliance.core import wire
 from appliance.core.packet import link_header_len, server_key_of
+from appliance.host import curvekeys
 from appliance.interceptd.shardsplit import ShardSplitter
 
 log = logging.getLogger(__name__)

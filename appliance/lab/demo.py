@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 
-from appliance.tcpcopyctl.cli import format_status
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig
+from appliance.tcpcopyctl.cli import format_status
 
 
 def _pids(rig: ReplicationRig) -> dict[str, int]:

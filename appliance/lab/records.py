@@ -8,8 +8,7 @@ reused, one peer names several sessions; compare() then matches them by content,
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path

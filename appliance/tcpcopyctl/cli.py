@@ -24,9 +24,10 @@ from typing import Any
 
 import zmq
 
-from appliance.core import wire
 from appliance.config.loader import DEFAULT_RUN_DIR
+from appliance.core import wire
 from appliance.core.control import Request, decode_reply, encode_request, error_reply
+
 # drops and give-ups; repairs: what the engine did to keep a session whole when the traffic or the
 # target did not play along (the records' `drop` and `repair` groups, in pipeline order)
 from appliance.core.counters import DROP_COUNTERS, REPAIR_COUNTERS
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="processes, counters, rates and the loss funnel")
-    st.add_argument("--json", action="store_true", help="the status document (fields: appliance/tcpcopyd/status_schema.py)")
+    st.add_argument("--json", action="store_true",
+                    help="the status document (fields: appliance/tcpcopyd/status_schema.py)")
     st.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                     help="refresh every SECONDS (default 2) until interrupted")
     sub.add_parser("stop", help="stop tcpcopyd (same path as SIGTERM)")
@@ -225,7 +227,8 @@ def _wait_applied(args: argparse.Namespace, runtime: dict) -> int:
 
 
 def keygen(args: argparse.Namespace) -> int:
-    from appliance.host.curvekeys import KeygenError, keygen as make_pair
+    from appliance.host.curvekeys import KeygenError
+    from appliance.host.curvekeys import keygen as make_pair
     try:
         public, secret = make_pair(args.dir, args.name, force=args.force)
     except (KeygenError, OSError) as exc:

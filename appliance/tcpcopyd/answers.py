@@ -27,8 +27,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from appliance.host import curvekeys
 from appliance.core import wire
+from appliance.host import curvekeys
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import os
 import sys
 
 from appliance import __version__
+from appliance.config.keys import ONLINE
 from appliance.config.loader import add_setting_flags, load, online_config
 from appliance.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_PERMISSION, ConfigError
 from appliance.core.logs import setup_logging
 from appliance.host.privileges import has_net_capabilities
-from appliance.config.keys import ONLINE
 
 log = logging.getLogger("tcpcopyd")
 
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     files = []
     if config.offline:
-        from appliance.tcpcopyd.offline import check_files
         from appliance.core.pcapfile import PcapError
+        from appliance.tcpcopyd.offline import check_files
         try:
             files = check_files(config.offline)
         except PcapError as exc:

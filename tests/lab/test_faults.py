@@ -81,7 +81,8 @@ FAULT_SETTLE = 15.0   # seconds for the target to finish after a fault's load
 def _not_on_target(online: dict[str, str], rig: ReplicationRig) -> list[str]:
     """The online sessions (peer -> digest) of which the target recorded no copy: the same bytes from
     the same client address (a connection may come from a spare port when the client reused its own)."""
-    have = Counter((r["peer"].rpartition(":")[0], r["sha256"]) for r in (r for group in load_sessions(rig.target_rec).values() for r in group))
+    received = (r for group in load_sessions(rig.target_rec).values() for r in group)
+    have = Counter((r["peer"].rpartition(":")[0], r["sha256"]) for r in received)
     missing = []
     for peer, sha in online.items():
         key = (peer.rpartition(":")[0], sha)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from appliance.core.flowkey import shard_of
+from appliance.core.packet import ip_to_int
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.records import session_digests
 from appliance.lab.rig import ReplicationRig, _bin
-from appliance.core.packet import ip_to_int
 from appliance.tcpcopyd.status_schema import check
 
 pytestmark = pytest.mark.lab

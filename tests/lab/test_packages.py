@@ -195,7 +195,8 @@ def test_purge_removes_everything_but_the_user(installed):
     left = [path for path in installed if path not in shared and os.path.lexists(path)]
     assert left == []
     for path in ("/etc/tcpcopy", "/opt/tcpcopy-py", ENABLED / "tcpcopyd.service", ENABLED / "interceptd.service",
-                 "/etc/systemd/system/tcpcopyd.service", "/var/lib/systemd/deb-systemd-helper-enabled/tcpcopyd.service.dsh-also"):
+                 "/etc/systemd/system/tcpcopyd.service",
+                 "/var/lib/systemd/deb-systemd-helper-enabled/tcpcopyd.service.dsh-also"):
         assert not os.path.lexists(path), path
     assert _user_exists()          # Debian keeps system users on purge; the fixture removes it
 

@@ -24,7 +24,13 @@ from appliance.lab.netns import ADDR, Lab
 from appliance.lab.nginx import LogSummary
 from appliance.lab.rig import ReplicationRig
 from appliance.lab.tools import (
-    CaptureStats, ab, capturing, counters_delta, kernel_counters, port_range, wrk,
+    CaptureStats,
+    ab,
+    capturing,
+    counters_delta,
+    kernel_counters,
+    port_range,
+    wrk,
 )
 
 pytestmark = pytest.mark.lab
@@ -37,7 +43,8 @@ ENGINE_COUNTERS = ("sessions_started", "sessions_completed", "sessions_reset_by_
                    "handshake_refused", "port_reuse_resets", "port_reuse_waits", "capture_gaps",
                    "buffer_overflows", "window_stalls", "turns_lagged", "client_late", "client_no_session",
                    "retransmits")
-NEW_COUNTERS = re.compile(r"moves|closes_forced|coalesced|syn_retransmits|resets_challenged|resets_ignored|shed|stale|isn_changes")
+NEW_COUNTERS = re.compile(r"moves|closes_forced|coalesced|syn_retransmits|resets_challenged|resets_ignored|shed"
+                          r"|stale|isn_changes")
 KERNEL_COUNTERS = re.compile(r"Reset|Prune|Listen|PAWS|TW|TimeWait|ReqQ|Drop|Challenge|Syncookies"
                              r"|AttemptFails|AbortOn")
 

@@ -12,10 +12,10 @@ import os
 import sys
 from typing import Any
 
+from appliance.core.packet import ACK, SYN, TcpSegment, ip_to_int, timestamp_option
 from appliance.engine.params import EngineParams
 from appliance.engine.session import Emit
 from appliance.engine.table import SessionTable
-from appliance.core.packet import ACK, SYN, TcpSegment, ip_to_int, timestamp_option
 
 CLIENT = ip_to_int("198.18.0.1")
 ONLINE = ip_to_int("198.18.0.2")

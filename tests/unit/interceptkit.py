@@ -14,8 +14,8 @@ from collections.abc import Callable
 import dpkt
 import zmq
 
-from appliance.core import wire
 from appliance.config.loader import InterceptConfig
+from appliance.core import wire
 from appliance.core.packet import ACK, DLT_EN10MB, DLT_RAW, build_ipv4_tcp
 from appliance.interceptd.daemon import Intercept
 
@@ -137,5 +137,5 @@ def wait_for(what: Callable[[], bool], turn: Callable[[float], object], timeout:
         turn(left)
 
 
-__all__ = ["CLIENT", "DLT_EN10MB", "DLT_RAW", "ETH", "TARGET", "FakeCapture", "ZmqKit", "answer", "feed", "interceptd", "pcap_bytes",
-           "wait_for", "with_data_offset"]
+__all__ = ["CLIENT", "DLT_EN10MB", "DLT_RAW", "ETH", "TARGET", "FakeCapture", "ZmqKit", "answer", "feed", "interceptd",
+           "pcap_bytes", "wait_for", "with_data_offset"]

@@ -6,7 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.compare.http import (
-    MAX_PATH, ResponseHead, is_http_response, parse_request_line, parse_response_head,
+    MAX_PATH,
+    ResponseHead,
+    is_http_response,
+    parse_request_line,
+    parse_response_head,
 )
 from tests.unit.compare.kit import http_answer
 

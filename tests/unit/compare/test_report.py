@@ -8,7 +8,13 @@ import json
 import pytest
 
 from appliance.compare.report import (
-    LATENCY_BUCKETS, MIN_LINE, DiffReport, Histogram, group_key, merge_reports, to_json_line,
+    LATENCY_BUCKETS,
+    MIN_LINE,
+    DiffReport,
+    Histogram,
+    group_key,
+    merge_reports,
+    to_json_line,
 )
 from appliance.compare.verdict import Comparison, VerdictSpec, compare_turns
 from tests.unit.compare.kit import MS, http_answer, one_turn

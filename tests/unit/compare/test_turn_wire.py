@@ -11,9 +11,26 @@ from hypothesis import strategies as st
 
 from appliance.core import wire
 from appliance.core.wire import (
-    BATCH_HEADER, KIND_RESPONSES, KIND_TURNS, MAX_TURN_HEAD, MAX_TURN_RECORDS, RECORD_HEADER, TURN_END_FIN,
-    TURN_HTTP_BODY, TURN_ISN_KNOWN, TURN_RECORD, VERSION, BatchBuilder, TurnRecord, WireError, decode_turn,
-    decode_turn_batch, encode_turn, parse_shard_topic, parse_turn_topic, turn_topic,
+    BATCH_HEADER,
+    KIND_RESPONSES,
+    KIND_TURNS,
+    MAX_TURN_HEAD,
+    MAX_TURN_RECORDS,
+    RECORD_HEADER,
+    TURN_END_FIN,
+    TURN_HTTP_BODY,
+    TURN_ISN_KNOWN,
+    TURN_RECORD,
+    VERSION,
+    BatchBuilder,
+    TurnRecord,
+    WireError,
+    decode_turn,
+    decode_turn_batch,
+    encode_turn,
+    parse_shard_topic,
+    parse_turn_topic,
+    turn_topic,
 )
 from tests.unit.compare.kit import http_answer, one_turn
 

@@ -12,8 +12,15 @@ from hypothesis import strategies as st
 from appliance.compare.turns import AnswerSegment, AssemblerSpec, Turn, TurnAssembler
 from appliance.core.packet import ACK, PSH
 from appliance.core.wire import (
-    TURN_CONTINUED, TURN_END_EVICTED, TURN_END_FIN, TURN_END_IDLE, TURN_END_RST, TURN_INCOMPLETE,
-    TURN_ISN_KNOWN, decode_turn, encode_turn,
+    TURN_CONTINUED,
+    TURN_END_EVICTED,
+    TURN_END_FIN,
+    TURN_END_IDLE,
+    TURN_END_RST,
+    TURN_INCOMPLETE,
+    TURN_ISN_KNOWN,
+    decode_turn,
+    encode_turn,
 )
 from tests.unit.compare.kit import CLIENT, FLOW, MS, SERVER, Server, digest, http_answer, one_turn
 

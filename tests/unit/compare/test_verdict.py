@@ -8,7 +8,12 @@ import pytest
 
 from appliance.compare.turns import AssemblerSpec, Turn
 from appliance.compare.verdict import (
-    Comparison, Diff, VerdictCounters, Verdicts, VerdictSpec, compare_turns,
+    Comparison,
+    Diff,
+    VerdictCounters,
+    Verdicts,
+    VerdictSpec,
+    compare_turns,
 )
 from appliance.core.wire import TURN_INCOMPLETE
 from tests.unit.compare.kit import MS, http_answer, one_turn

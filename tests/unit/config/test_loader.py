@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.tcpcopyd import cli
-from appliance.interceptd import cli as intercept_cli
+from appliance.config.keys import INTERCEPT, ONLINE, auto_workers, render_sample
 from appliance.config.loader import intercept_config, load, online_config
 from appliance.core.errors import EXIT_CONFIG, ConfigError
-from appliance.config.keys import INTERCEPT, ONLINE, auto_workers, render_sample
+from appliance.interceptd import cli as intercept_cli
+from appliance.tcpcopyd import cli
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 REQUIRED = ["-x", "198.18.0.2:8080-198.18.0.3:8080", "-s", "198.18.0.4"]
@@ -29,8 +29,8 @@ class ConfigurationAccepted(Exception):
 def never_start_the_daemons(monkeypatch):
     """cli.main and intercept_cli.main are called with bad values: if one were accepted, the test must
     fail here instead of capturing and sending for real (these tests run as root)."""
-    import appliance.tcpcopyd.supervisor
     import appliance.interceptd.daemon
+    import appliance.tcpcopyd.supervisor
 
     def refuse(*args, **kwargs):
         raise ConfigurationAccepted("the configuration was accepted: the daemon would start")
@@ -373,6 +373,7 @@ def key_dir():
     """A key directory user nobody can reach (pytest's tmp_path is under a 0700 directory)."""
     import shutil
     import tempfile
+
     from appliance.host.curvekeys import keygen
     top = tempfile.mkdtemp(prefix="tcpcopy-keys-")
     os.chmod(top, 0o711)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.config import keys as config_settings
+from appliance.config.keys import INTERCEPT, ONLINE, Setting
 from appliance.config.loader import intercept_config, load, online_config
 from appliance.core.errors import ConfigError
-from appliance.config.keys import INTERCEPT, ONLINE, Setting
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import zmq
 
-from appliance.core import wire
 from appliance.config.specs import CaptureSpec
+from appliance.core import wire
 from appliance.core.control import Request, decode_reply, decode_request, encode_reply, ok_reply
-from appliance.tcpcopyd.handlers import handle_set
 from appliance.tcpcopyd.answers import MAX_COUNTERS_KEPT, MAX_FILTER_CHARS, MAX_INTERCEPTS_SHOWN, AnswerChannel
+from appliance.tcpcopyd.handlers import handle_set
 
 STATS, CONTROL = wire.KIND_STATS, wire.KIND_CONTROL
 DIGITS = b"1" * 4301                        # one digit over Python's int conversion limit
@@ -184,8 +184,8 @@ def test_frame_size_limits_fit_the_largest_legitimate_frames():
 
 def test_every_socket_has_a_message_size_limit(channel, tmp_path):
     from appliance.config.loader import InterceptConfig
-    from workers.base import Worker
     from appliance.interceptd.daemon import Intercept
+    from workers.base import Worker
     assert channel.sock.getsockopt(zmq.MAXMSGSIZE) == wire.MAX_RESPONSE_MESSAGE
     ctx = zmq.Context()
     sockets = []

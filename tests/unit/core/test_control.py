@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from appliance.core import wire
 from appliance.core.control import (
-    Request, decode_reply, decode_request, encode_reply, encode_request, error_reply, ok_reply,
+    Request,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    error_reply,
+    ok_reply,
 )
 
 

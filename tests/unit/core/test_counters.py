@@ -17,8 +17,18 @@ from appliance.config.loader import InterceptConfig
 from appliance.config.specs import CaptureSpec, ReaderSpec, RewriteSpec
 from appliance.core import counters, pcapfile, wire
 from appliance.core.counterfield import GROUPS, KINDS, meta_of
-from appliance.core.counters import (DROP_COUNTERS, FILE_DROPS, GAUGES, NOT_COMPLETED, NOT_REPLAYED,
-                                     RATE_COUNTERS, REPAIR_COUNTERS, ROLE_RECORDS, STATUS_ROLES, names_of)
+from appliance.core.counters import (
+    DROP_COUNTERS,
+    FILE_DROPS,
+    GAUGES,
+    NOT_COMPLETED,
+    NOT_REPLAYED,
+    RATE_COUNTERS,
+    REPAIR_COUNTERS,
+    ROLE_RECORDS,
+    STATUS_ROLES,
+    names_of,
+)
 from appliance.engine.params import EngineCounters
 from appliance.interceptd.daemon import Intercept
 from appliance.tcpcopyd import answers, observe

@@ -14,12 +14,20 @@ from hypothesis import strategies as st
 
 from appliance.core import wire
 from appliance.core.control import decode_request
-from appliance.tcpcopyd.handlers import handle_set
-from appliance.engine.table import SessionTable
 from appliance.core.packet import (
-    ACK, DLT_EN10MB, DLT_LINUX_SLL, DLT_RAW, MalformedPacket, build_ipv4_tcp, client_key_of, link_header_len,
-    parse_ipv4_tcp, parse_options,
+    ACK,
+    DLT_EN10MB,
+    DLT_LINUX_SLL,
+    DLT_RAW,
+    MalformedPacket,
+    build_ipv4_tcp,
+    client_key_of,
+    link_header_len,
+    parse_ipv4_tcp,
+    parse_options,
 )
+from appliance.engine.table import SessionTable
+from appliance.tcpcopyd.handlers import handle_set
 from tests.unit.interceptkit import ETH, answer, feed, interceptd, with_data_offset
 
 VALID = build_ipv4_tcp(0xC6120001, 0xC6120002, 40000, 8080, 1, 2, ACK, 512, b"\x01\x01\x08\x0a" + b"\x00" * 8, b"hi")

@@ -9,10 +9,35 @@ import dpkt
 import pytest
 
 from appliance.core.packet import (
-    ACK, DLT_EN10MB, DLT_LINUX_SLL, DLT_LINUX_SLL2, DLT_RAW, DLT_RAW_ALT, FIN, PSH, RST, SYN,
-    MalformedPacket, TcpSegment, build_ipv4_tcp, client_key_of, headers_only, int_to_ip, internet_checksum,
-    ip_to_int, link_header_len, mss_option, parse_ipv4_tcp, parse_options, seq_diff, seq_le, seq_lt,
-    server_key_of, timestamp_offset, timestamp_option, with_timestamps,
+    ACK,
+    DLT_EN10MB,
+    DLT_LINUX_SLL,
+    DLT_LINUX_SLL2,
+    DLT_RAW,
+    DLT_RAW_ALT,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    MalformedPacket,
+    TcpSegment,
+    build_ipv4_tcp,
+    client_key_of,
+    headers_only,
+    int_to_ip,
+    internet_checksum,
+    ip_to_int,
+    link_header_len,
+    mss_option,
+    parse_ipv4_tcp,
+    parse_options,
+    seq_diff,
+    seq_le,
+    seq_lt,
+    server_key_of,
+    timestamp_offset,
+    timestamp_option,
+    with_timestamps,
 )
 
 SRC = ip_to_int("192.0.2.10")
@@ -336,7 +361,8 @@ def test_rst_flag_constant_values():
 
 
 # ---- arithmetic checksums against dpkt's word-by-word sum ----------------------------------
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from appliance.core.packet import ones_sum  # noqa: E402
 

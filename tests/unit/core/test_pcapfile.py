@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.tcpcopyd import cli
 from appliance.core import pcapfile, wire
 from appliance.core.errors import EXIT_DATA
 from appliance.core.packet import ACK, PSH, build_ipv4_tcp
 from appliance.core.pcapfile import MAX_FRAME, PcapError, packets, scan
+from appliance.tcpcopyd import cli
 from tests.unit import pcapkit
 from tests.unit.pcapkit import epb, idb, shb
 

@@ -10,8 +10,21 @@ import pytest
 
 from appliance.core import wire
 from appliance.core.wire import (
-    BATCH_HEADER, KIND_CONTROL, KIND_RESPONSES, KIND_SEGMENTS, KIND_STATS, MAX_JSON_FRAME, MAX_RECORD_BYTES,
-    RECORD_HEADER, VERSION, BatchBuilder, WireError, decode_batch, decode_json, encode_json, iter_batch,
+    BATCH_HEADER,
+    KIND_CONTROL,
+    KIND_RESPONSES,
+    KIND_SEGMENTS,
+    KIND_STATS,
+    MAX_JSON_FRAME,
+    MAX_RECORD_BYTES,
+    RECORD_HEADER,
+    VERSION,
+    BatchBuilder,
+    WireError,
+    decode_batch,
+    decode_json,
+    encode_json,
+    iter_batch,
     parse_intercept_address,
 )
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from appliance.core.flowkey import shard_of
+from appliance.core.packet import ACK, PSH, SYN, ip_to_int
 from appliance.engine.clientmap import HIGH_PORT, LOW_PORT, ClientMap
 from appliance.engine.params import EngineParams
 from appliance.engine.table import SessionTable
-from appliance.core.flowkey import shard_of
-from appliance.core.packet import ACK, PSH, SYN, ip_to_int
 from tests.unit.enginekit import CLIENT, SPORT, TARGET, client, target
 
 POOL = tuple(ip_to_int(f"198.18.1.{i}") for i in range(1, 11))

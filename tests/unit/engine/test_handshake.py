@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.engine.session import State
 from appliance.core.packet import ACK, FIN, PSH, RST, SYN, mss_option, parse_options
+from appliance.engine.session import State
 from tests.unit.enginekit import (
-    C_ISN, CLIENT, CPORT, O_ISN, ONLINE, OUR_SYN, SPORT, T_ISN, TARGET, THIRD_ACK, Playbook, brief, client,
-    target, ts,
+    C_ISN,
+    CLIENT,
+    CPORT,
+    O_ISN,
+    ONLINE,
+    OUR_SYN,
+    SPORT,
+    T_ISN,
+    TARGET,
+    THIRD_ACK,
+    Playbook,
+    brief,
+    client,
+    target,
+    ts,
 )
 
 # MSS 1460, SACK-perm, TS 777/0, NOP, WS 7: what a Linux client puts in its SYN

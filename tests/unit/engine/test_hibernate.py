@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from appliance.engine.transmit import Transmitter
-from appliance.engine.session import _BOOLS, _FLOATS, _INTS, _STREAM_BOOLS, _STREAM_FLOATS, _STREAM_INTS, NOT_PACKED, Session
-from appliance.engine.stream import ClientStream
 from appliance.core.packet import ACK, FIN, PSH, SYN
+from appliance.engine.session import (
+    _BOOLS,
+    _FLOATS,
+    _INTS,
+    _STREAM_BOOLS,
+    _STREAM_FLOATS,
+    _STREAM_INTS,
+    NOT_PACKED,
+    Session,
+)
+from appliance.engine.stream import ClientStream
+from appliance.engine.transmit import Transmitter
 from tests.unit.enginekit import C_ISN, O_ISN, OUR_SYN, T_ISN, THIRD_ACK, Playbook, brief, client, target, ts
 
 SYN_OPTIONS = b"\x02\x04\x05\xb4\x04\x02\x08\x0a\x00\x00\x00\x10\x00\x00\x00\x00\x01\x03\x03\x07"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from appliance.engine.session import INF, State
 from appliance.core.packet import ACK, FIN, PSH, RST, SYN, mss_option
+from appliance.engine.session import INF, State
 from tests.unit.enginekit import C_ISN, CPORT, O_ISN, T_ISN, Playbook, brief, client, target
 
 S1 = C_ISN + 1
@@ -100,7 +100,8 @@ def test_gap_filled_in_time_is_not_a_capture_gap():
 # ---- capture gaps and resynchronisation -----------------------------------------------------
 def test_capture_gap_resyncs_and_restarts_at_next_turn():
     pb = est(gap_timeout=0.5)
-    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]   # request 1, part 1
+    # request 1, part 1
+    assert brief(pb.cap(client(S1, O_ISN + 1, ACK | PSH, b"A" * 100))) == [(ACK | PSH, S1, T_ISN + 1, 100)]
     assert pb.resp(target(T_ISN + 1, S1 + 100, ACK)) == []
     # part 2 [S1+100, S1+200) was never captured; part 3 was
     assert pb.cap(client(S1 + 200, O_ISN + 1, ACK | PSH, b"C" * 100)) == []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from appliance.engine.session import State
 from appliance.core.packet import ACK, FIN, PSH, RST, SYN, mss_option
+from appliance.engine.session import State
 from tests.unit.enginekit import C_ISN, CPORT, O_ISN, OUR_SYN, T_ISN, Playbook, brief, client, target
 
 REQ = b"GET / HTTP/1.1\r\n\r\n"      # 18 bytes

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.engine.session import INF, State
 from appliance.core.packet import ACK, PSH, RST, SYN
+from appliance.engine.session import INF, State
 from tests.unit.enginekit import C_ISN, CPORT, O_ISN, OUR_SYN, T_ISN, THIRD_ACK, Playbook, brief, client, target
 
 S1 = C_ISN + 1

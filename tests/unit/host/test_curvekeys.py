@@ -13,11 +13,11 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from appliance.tcpcopyd import cli
-from appliance.tcpcopyctl import cli as ctl
-from appliance.interceptd import cli as intercept_cli
-from appliance.host.curvekeys import KeyChecker, KeygenError, keygen, load_public, load_secret, parse_key_file
 from appliance.core.errors import EXIT_CONFIG, ConfigError
+from appliance.host.curvekeys import KeyChecker, KeygenError, keygen, load_public, load_secret, parse_key_file
+from appliance.interceptd import cli as intercept_cli
+from appliance.tcpcopyctl import cli as ctl
+from appliance.tcpcopyd import cli
 
 ROOT = os.geteuid() == 0
 

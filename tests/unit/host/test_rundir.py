@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.tcpcopyd import cli, supervisor
-from appliance.host import rundir
-from appliance.tcpcopyd.policy import LivePolicy
+from appliance.config.keys import ONLINE
 from appliance.config.loader import load, online_config
 from appliance.core.errors import EXIT_CONFIG, ConfigError
-from appliance.config.keys import ONLINE
+from appliance.host import rundir
+from appliance.tcpcopyd import cli, supervisor
+from appliance.tcpcopyd.policy import LivePolicy
 
 ROOT = os.geteuid() == 0
 REQUIRED = ["-x", "198.18.0.2:8080-198.18.0.3:8080", "-s", "198.18.0.4"]

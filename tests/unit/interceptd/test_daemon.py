@@ -9,9 +9,9 @@ import logging
 
 from appliance.core import wire
 from appliance.core.packet import DLT_RAW, parse_ipv4_tcp
-from tests.unit.interceptkit import ETH, answer, feed, interceptd, with_data_offset
 from appliance.interceptd.daemon import answer_header
 from appliance.tcpcopyd.answers import intercept_report
+from tests.unit.interceptkit import ETH, answer, feed, interceptd, with_data_offset
 
 
 def published(ic) -> list[bytes]:

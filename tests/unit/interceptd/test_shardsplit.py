@@ -69,7 +69,8 @@ def test_batch_numbers_count_per_topic():
 
 def test_bad_subscriptions_are_refused_and_bounded():
     split = ShardSplitter(7)
-    for message in (b"", b"\x05" + wire.shard_topic(2, 0), b"\x01garbage", b"\x01" + wire.shard_topic(MAX_SHARDS + 1, 0)):
+    for message in (b"", b"\x05" + wire.shard_topic(2, 0), b"\x01garbage",
+                    b"\x01" + wire.shard_topic(MAX_SHARDS + 1, 0)):
         split.subscription(message)
     assert split.refused_subscriptions == 4 and split.counts == ()
     split.subscription(b"\x01" + wire.STATS_TOPIC)          # the stats topic is no shard count

@@ -129,7 +129,8 @@ def test_compare_counts_every_session_when_client_ports_are_reused(tmp_path: Pat
 
 def test_a_session_replayed_from_another_port_of_the_same_client_counts_as_identical():
     """tcpcopyd moves a connection to a spare port when the client reused its port too soon."""
-    online = {"198.18.0.1:40000": [{"sha256": "a", "bytes": 5, "opened": 1.0}, {"sha256": "b", "bytes": 7, "opened": 2.0}]}
+    online = {"198.18.0.1:40000": [{"sha256": "a", "bytes": 5, "opened": 1.0},
+                                   {"sha256": "b", "bytes": 7, "opened": 2.0}]}
     target = {"198.18.0.1:40000": [{"sha256": "a", "bytes": 5}], "198.18.0.1:1025": [{"sha256": "b", "bytes": 7}],
               "198.18.0.9:1027": [{"sha256": "c", "bytes": 9}]}
     c = compare_sessions(online, target)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from appliance.tcpcopyctl.doctor import (
-    CAP_NET_ADMIN, CAP_NET_RAW, check_capabilities, check_conntrack, check_neighbour, check_route_via,
+    CAP_NET_ADMIN,
+    CAP_NET_RAW,
+    check_capabilities,
+    check_conntrack,
+    check_neighbour,
+    check_route_via,
     run_checks,
 )
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import zmq
 
-from appliance.core import wire
 from appliance.config.loader import OnlineConfig
-from appliance.tcpcopyctl.cli import call
+from appliance.core import wire
 from appliance.engine.params import EngineParams
+from appliance.tcpcopyctl.cli import call
 from appliance.tcpcopyd.metrics import CLIENT_TIMEOUT, MAX_CLIENTS, MetricsServer
 
 ROWS = [{"role": "rewrite", "index": 0, "pid": 12, "restarts": 0,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
+from appliance.core.pcapfile import FileSummary
 from appliance.tcpcopyd import offline
 from appliance.tcpcopyd.offline import report
 from appliance.tcpcopyd.policy import OfflinePolicy
-from appliance.core.pcapfile import FileSummary
 
 
 def _data(**over):

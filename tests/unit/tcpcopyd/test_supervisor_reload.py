@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.tcpcopyd import cli
-from appliance.config.loader import load, online_config
 from appliance.config.keys import ONLINE
+from appliance.config.loader import load, online_config
+from appliance.tcpcopyd import cli
 from appliance.tcpcopyd.policy import LivePolicy
 from appliance.tcpcopyd.supervisor import Supervisor
 

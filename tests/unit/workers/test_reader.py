@@ -11,8 +11,8 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.core import wire
 from appliance.config.specs import ReaderSpec
+from appliance.core import wire
 from tests.unit.pcapkit import ETH, cut_ihl_packet, epb, idb, ip_packet, shb
 from workers.reader import ReaderWorker
 
@@ -40,8 +40,8 @@ def _replay(tmp_path, blob: bytes, pulls: list[zmq.Socket]) -> tuple[ReaderWorke
     """Run the reader over `blob` to its end; the IP packets the workers received."""
     path = tmp_path / "f.pcapng"
     path.write_bytes(blob)
-    reader = ReaderWorker(ReaderSpec(run_dir=str(tmp_path), shards=SHARDS, transfers="8080-198.18.0.3:8080", files=(str(path),),
-                                        speed=0.0))
+    reader = ReaderWorker(ReaderSpec(run_dir=str(tmp_path), shards=SHARDS, transfers="8080-198.18.0.3:8080",
+                                     files=(str(path),), speed=0.0))
     reader.ctx = zmq.Context()
     try:
         reader.stats_sock = reader.socket(zmq.PUB, connect=wire.stats_endpoint(str(tmp_path)))
