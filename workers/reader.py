@@ -5,7 +5,7 @@ a live capture would have kept (those addressed to a transfer's online side), pa
 their timestamps (original timing, N x speed, or as fast as the workers take them, with idle gaps
 optionally cut), and never drops for a full queue: it waits instead. A frame it cannot replay is
 counted, never fatal: `not_ip` (not IPv4/TCP), `malformed` (an IPv4/TCP header cut short by the
-capture), and pcapfile's drops (FILE_DROPS). Exits 0 at the end, EXIT_DATA_ERROR on a broken file.
+capture), and pcapfile's drops (FILE_DROPS). Exits 0 at the end, EXIT_DATA (65) on a broken file.
 The counters it publishes are the fields of `ReaderCounters` (appliance/core/counters.py).
 """
 
@@ -21,6 +21,7 @@ import zmq
 from appliance.config.specs import ReaderSpec, spec_from_json
 from appliance.core import wire
 from appliance.core.counters import FILE_DROPS, ReaderCounters, as_dict
+from appliance.core.errors import EXIT_DATA
 from appliance.core.flowkey import shard_of
 from appliance.core.packet import client_key_of, frame_ip, server_key_of, tcp_flags_of
 from appliance.core.pcapfile import PcapError, packets
@@ -33,7 +34,6 @@ BATCH = 256
 COALESCE = 0.001             # at most one wake-up this often: a packet is at most this late (timing: 1 ms)
 DELIVERY_LINGER_MS = 60_000   # at exit, queued batches still reach the workers (offline never drops)
 FINAL_STATS_LINGER_MS = 2_000  # at exit, the last heartbeat (the counters the report reads) is delivered
-EXIT_DATA_ERROR = 65
 
 
 class ReaderWorker(Worker):
@@ -94,7 +94,7 @@ class ReaderWorker(Worker):
                     return
                 except PcapError as exc:
                     log.error("%s", exc)
-                    sys.exit(EXIT_DATA_ERROR)
+                    sys.exit(EXIT_DATA)
             due, linktype, frame = self.pending
             if due > elapsed:
                 # What is due goes out now, in one batch per shard; the next wake-up is at the next

@@ -297,11 +297,31 @@ def tcp_flags_of(ip: bytes | memoryview) -> int | None:
     return ip[ihl + 13] if len(ip) >= ihl + MIN_TCP_HEADER else None
 
 
+def tcp_headers_of(ip: memoryview) -> memoryview | None:
+    """The IP and TCP headers (with options) of a captured packet, as a view (interceptd keeps only
+    these of each answer); None when the bytes are not one whole IPv4/TCP header. What it returns
+    always passes parse_ipv4_tcp, which the rewrite worker applies: version 4, IHL and data offset at least 5 words, TCP, no fragment,
+    both headers captured, the IP total length (0 from an offloading NIC) covering them."""
+    n = len(ip)
+    if n < 40 or ip[0] >> 4 != 4 or ip[9] != 6 or ((ip[6] << 8) | ip[7]) & 0x3FFF:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    if ihl < 20 or n < ihl + 20:
+        return None
+    end = ihl + (ip[ihl + 12] >> 4) * 4
+    total = (ip[2] << 8) | ip[3]
+    if end < ihl + 20 or n < end or (total and total < end):
+        return None
+    return ip[:end]
+
+
 def headers_only(ip_packet: bytes | memoryview) -> bytes:
-    """IP header + TCP header with options, no payload (the IP total length is kept)."""
-    ihl = (ip_packet[0] & 0x0F) * 4
-    doff = (ip_packet[ihl + 12] >> 4) * 4
-    return bytes(ip_packet[:ihl + doff])
+    """IP header + TCP header with options, no payload (the IP total length is kept); MalformedPacket
+    when the bytes are not one whole IPv4/TCP header."""
+    view = tcp_headers_of(memoryview(ip_packet))
+    if view is None:
+        raise MalformedPacket("not one whole IPv4/TCP header")
+    return bytes(view)
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:

@@ -28,7 +28,7 @@ import zmq
 
 from appliance.config.loader import InterceptConfig
 from appliance.core import wire
-from appliance.core.packet import link_header_len, server_key_of
+from appliance.core.packet import frame_ip, server_key_of, tcp_headers_of
 from appliance.host import curvekeys
 from appliance.interceptd.shardsplit import ShardSplitter
 
@@ -39,24 +39,6 @@ COALESCE = 0.0002        # seconds an answer may wait for others to share its ba
 SUMMARY_INTERVAL = 30.0
 STATS_INTERVAL = 1.0
 PUB_HWM = 100_000
-
-
-def answer_header(ip: memoryview) -> memoryview | None:
-    """The IP and TCP headers (with options) of a captured answer, or None when the bytes are not
-    one whole IPv4/TCP header. What it returns always passes packet.parse_ipv4_tcp, which the
-    rewrite worker applies: version 4, IHL and data offset at least 5 words, TCP, no fragment,
-    both headers captured, the IP total length (0 from an offloading NIC) covering them."""
-    n = len(ip)
-    if n < 40 or ip[0] >> 4 != 4 or ip[9] != 6 or ((ip[6] << 8) | ip[7]) & 0x3FFF:
-        return None
-    ihl = (ip[0] & 0x0F) * 4
-    if ihl < 20 or n < ihl + 20:
-        return None
-    end = ihl + (ip[ihl + 12] >> 4) * 4
-    total = (ip[2] << 8) | ip[3]
-    if end < ihl + 20 or n < end or (total and total < end):
-        return None
-    return ip[:end]
 
 
 class Intercept:
@@ -121,11 +103,11 @@ class Intercept:
     def _on_frame(self, ts_ns: int, frame: bytes, datalink: int) -> None:
         """libpcap's callback for every captured frame (live, or a file in the fuzz tests). Never raises."""
         try:
-            offset = link_header_len(datalink, frame)
-            if offset < 0:
+            ip = frame_ip(datalink, frame)
+            if ip is None:
                 self.not_ip += 1
                 return
-            header = answer_header(memoryview(frame)[offset:])
+            header = tcp_headers_of(ip)
             key = None if header is None else server_key_of(header)
             if header is None or key is None:
                 self.malformed += 1

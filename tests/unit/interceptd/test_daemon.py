@@ -9,7 +9,7 @@ import logging
 
 from appliance.core import wire
 from appliance.core.packet import DLT_RAW, parse_ipv4_tcp
-from appliance.interceptd.daemon import answer_header
+from appliance.core.packet import tcp_headers_of as answer_header
 from appliance.tcpcopyd.answers import intercept_report
 from tests.unit.interceptkit import ETH, answer, feed, interceptd, with_data_offset
 
