@@ -17,7 +17,8 @@ from appliance.config.specs import CaptureSpec, spec_from_json
 from appliance.core import wire
 from appliance.core.counters import CaptureCounters, as_dict
 from appliance.core.flowkey import shard_of
-from appliance.core.packet import client_key_of, frame_ip
+from appliance.core.packet import client_key_of, frame_ip, server_key_of
+from appliance.core.transfer import TransferMap, parse_transfers
 from workers.base import Worker, child_main
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class CaptureWorker(Worker):
         self.kernel_drops = 0
         self.if_drops = 0
         self.largest = 0
+        # compare: the online server's answers are captured too, and go to their client's shard
+        self.services = TransferMap(parse_transfers(spec.answers_of)) if spec.answers_of else None
 
     def setup(self) -> None:
         spec = self.spec
@@ -69,6 +72,8 @@ class CaptureWorker(Worker):
         if key is None:
             self.malformed += 1
             return
+        if self.services is not None and self.services.targets(*key):
+            key = server_key_of(ip) or key           # an answer: its destination is the client
         self.captured += 1
         self.bytes += len(ip)
         if len(ip) > self.largest:

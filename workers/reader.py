@@ -126,6 +126,9 @@ class ReaderWorker(Worker):
             self.malformed += 1
             return
         if not self.transfers.targets(*dst):
+            if self.spec.answers and self.transfers.targets(*key):
+                self.kept += 1                        # compare: an online answer, to its client's shard
+                self._add(dst, ip)
             return
         self.kept += 1
         if flags & 0x12 == 0x02:                            # a SYN: a connection starts
@@ -134,7 +137,10 @@ class ReaderWorker(Worker):
         elif key not in self.clients:               # open before the capture began
             self.clients.add(key)
             self.syns += 1
-        shard = shard_of(key[0], key[1], self.spec.shards)
+        self._add(key, ip)
+
+    def _add(self, client: tuple[int, int], ip: memoryview) -> None:
+        shard = shard_of(client[0], client[1], self.spec.shards)
         builder = self.builders[shard]
         builder.add(time.time_ns(), ip)
         if builder.count >= BATCH:

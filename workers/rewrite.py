@@ -16,6 +16,10 @@ from typing import Any
 
 import zmq
 
+from appliance.compare.report import to_json_line
+from appliance.compare.tracker import Comparer
+from appliance.compare.turns import AssemblerSpec
+from appliance.compare.verdict import VerdictSpec
 from appliance.config.specs import RewriteSpec, spec_from_json
 from appliance.core import wire
 from appliance.core.counters import RewriteCounters, as_dict
@@ -27,6 +31,7 @@ from appliance.engine.table import SessionTable
 from appliance.host.rawsend import RawSender
 from appliance.host.sockdiag import SocketTable
 from appliance.tcpcopyd.answers import AnswerChannel, intercept_endpoints
+from appliance.tcpcopyd.differences import DifferencesFile
 from workers.base import Worker, child_main
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,11 @@ class RewriteWorker(Worker):
         self._shed_warned = 0
         self._next_shed_warning = 0.0
         self._next_midstream_warning = 0.0
+        c = spec.compare
+        self.comparer = None if c is None else Comparer(
+            AssemblerSpec(head_bytes=c.head_bytes),
+            VerdictSpec(ignore_headers=frozenset(c.ignore_headers), latency_factor=c.latency_factor,
+                        latency_floor=c.latency_floor))
 
     def setup(self) -> None:
         self.sender = RawSender(self.spec.engine.mtu)
@@ -72,7 +82,9 @@ class RewriteWorker(Worker):
         spec = self.spec
         assert self.ctx is not None
         self.channel = AnswerChannel(self.ctx, spec.shards, spec.index, intercept_endpoints(spec.intercepts),
-                                     spec.secret_key, spec.intercept_public_key)
+                                     spec.secret_key, spec.intercept_public_key, compare=self.comparer is not None)
+        self.differences = (DifferencesFile(spec.compare.differences_file, spec.compare.differences_max_bytes)
+                            if spec.compare is not None else None)
         self._sockets.extend(self.channel.sockets())
         self.responses = self.channel.sock
         if spec.verify_midstream:
@@ -97,6 +109,8 @@ class RewriteWorker(Worker):
                 batch = self.channel.receive()
                 if batch is not None:
                     self._decoded(batch, self._on_responses)
+                if self.comparer is not None and self.channel.turns:
+                    self._on_target_turns()
             if self.segments in ready:
                 self._decoded(self.segments.recv(zmq.NOBLOCK, copy=True), self._on_segments)
             if time.monotonic() >= until:
@@ -135,8 +149,15 @@ class RewriteWorker(Worker):
                 continue
             targets = self.transfers.targets(seg.dst_ip, seg.dst_port)
             if not targets:
+                if self.comparer is not None and self.transfers.targets(seg.src_ip, seg.src_port):
+                    # compare: an answer of the online server (its capture filter takes them too)
+                    self.comparer.online_answer((seg.src_ip, seg.src_port), (seg.dst_ip, seg.dst_port), seg.seq,
+                                                seg.ack, seg.flags, seg.payload, ts_ns, seg.payload_len)
+                    continue
                 self.no_transfer += 1
                 continue
+            if self.comparer is not None:
+                self.comparer.client_data((seg.src_ip, seg.src_port), seg.seq, seg.flags, seg.payload, ts_ns)
             t_capture = ts_ns / 1e9 + wall_to_mono
             lag = now - t_capture
             if lag > self.capture_latency_max:
@@ -173,6 +194,41 @@ class RewriteWorker(Worker):
                 e.payload, e.ip_id)
         self.sender.flush()
         self.last_send_at = time.time()
+        if self.comparer is not None:
+            self._requests_sent(out)
+
+    def _requests_sent(self, out: list[Emit]) -> None:
+        """Compare: when each request's bytes left for the target (its answer's latency starts there)."""
+        comparer, now_ns = self.comparer, time.time_ns()
+        assert comparer is not None
+        for e in out:
+            if e.payload:
+                client = self.table.captured_client((e.src_ip, e.src_port, e.dst_ip, e.dst_port))
+                if client is not None:
+                    comparer.sent(client, e.seq + len(e.payload), now_ns)
+
+    def _on_target_turns(self) -> None:
+        """Compare: the target's answer turns (from interceptd), paired with the online ones."""
+        comparer = self.comparer
+        assert comparer is not None
+        for turn in self.channel.take_turns():
+            client = self.table.captured_client((turn.client_ip, turn.client_port, turn.server_ip, turn.server_port))
+            if client is None:
+                comparer.target_turns_unmatched += 1
+                continue
+            comparer.target_turn(client, turn)
+
+    def _compare_tick(self) -> dict[str, Any]:
+        """Once a second: idle online turns judged, the differences written, the counters and report."""
+        comparer, differences = self.comparer, self.differences
+        assert comparer is not None and differences is not None
+        comparer.poll(time.time_ns())
+        for c in comparer.comparisons():
+            differences.write(to_json_line(c, extra={"worker": self.index, "time": round(time.time(), 3)}))
+        counters = comparer.counters()
+        counters["differences_written"] = differences.written
+        counters["differences_not_written"] = differences.not_written + comparer.not_kept
+        return {"compare": counters, "compare_report": comparer.info()}
 
     def counters(self) -> dict[str, Any]:
         self.channel.on_monitor()
@@ -194,6 +250,8 @@ class RewriteWorker(Worker):
             response_channel=self.channel.counters(),
             intercepts_heard=len(self.channel.intercepts),
             intercepts=self.channel.intercepts_info())))
+        if self.comparer is not None:
+            out.update(self._compare_tick())
         return out
 
     def _latency_percentiles(self) -> dict[str, float]:
@@ -249,6 +307,8 @@ class RewriteWorker(Worker):
     def shutdown(self) -> None:
         self.table.shutdown(time.monotonic())
         self._put_on_wire(self.table.take_output())
+        if self.differences is not None:
+            self.differences.close()
 
 
 def main(spec_json: str) -> None:

@@ -30,16 +30,12 @@ from dataclasses import dataclass, field
 
 from appliance.compare.http import ResponseHead, parse_request_line, parse_response_head
 from appliance.compare.turns import Turn
+from appliance.config.keys import IGNORED_HEADERS
 
 # Headers that differ between any two servers or any two answers: ignored by default. Tracing and
 # request ids, clocks and caches, per-deploy validators (ETag and Last-Modified of nginx derive from
 # file times), cookies (session ids); Content-Length is judged as `size`, not here.
-DEFAULT_IGNORED_HEADERS = frozenset({
-    "date", "server", "age", "expires", "last-modified", "etag", "set-cookie", "keep-alive", "via",
-    "x-request-id", "x-correlation-id", "request-id", "x-amzn-trace-id", "traceparent", "tracestate",
-    "x-b3-traceid", "x-b3-spanid", "x-runtime", "x-response-time", "x-served-by", "x-cache",
-    "content-length",
-})
+DEFAULT_IGNORED_HEADERS = IGNORED_HEADERS          # the configuration's default (compare.ignore_headers)
 
 
 class Diff(enum.IntFlag):

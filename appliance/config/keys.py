@@ -290,6 +290,25 @@ _workers_range = integer(1, 64)
 worker_count.range = "auto | 1-64"  # type: ignore[attr-defined]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# HTTP headers whose values always differ between two servers (answer comparison)
+IGNORED_HEADERS = frozenset({
+    "date", "server", "age", "expires", "last-modified", "etag", "set-cookie", "keep-alive", "via",
+    "x-request-id", "x-correlation-id", "request-id", "x-amzn-trace-id", "traceparent", "tracestate",
+    "x-b3-traceid", "x-b3-spanid", "x-runtime", "x-response-time", "x-served-by", "x-cache", "content-length",
+})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]{1,64}")
+
+
+def header_names(value: Any) -> tuple[str, ...]:
+    """HTTP header names, lower-cased (a list, or comma-separated)."""
+    names = tuple(name.lower() for name in word_list(value))
+    for name in names:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name[:70]!r} is not an HTTP header name")
+    if len(names) > 256:
+        raise ValueError("at most 256 header names")
+    return names
+
 
 ONLINE: tuple[Setting, ...] = (
     Setting("tcpcopyd", "transfer", None, transfers,
@@ -360,6 +379,24 @@ ONLINE: tuple[Setting, ...] = (
     Setting("session", "max_sessions", 100_000, integer(100, 10_000_000),
             "sessions tracked per worker (about 3 KiB each); beyond it the oldest are reset and forgotten",
             ("--max-sessions",)),
+    Setting("compare", "enabled", False, boolean,
+            "compare the target's answers with the online server's, turn by turn (interceptd needs compare "
+            "too); the differences in tcpcopyctl diff, status and differences_file", ("--compare",)),
+    Setting("compare", "head_bytes", 512, integer(16, 4096), "answer bytes kept per turn and shown in a difference",
+            ("--compare-head-bytes",)),
+    Setting("compare", "ignore_headers", tuple(sorted(IGNORED_HEADERS)), header_names,
+            "HTTP headers that always differ and are not compared", ("--compare-ignore",)),
+    Setting("compare", "latency_factor", 2.0, number(1.0, 1000.0),
+            "a target turn this many times slower than online (and latency_floor_ms slower) is a difference",
+            ("--compare-latency-factor",)),
+    Setting("compare", "latency_floor_ms", 10.0, number(0.0, 600_000.0),
+            "latency differences smaller than this are never flagged", ("--compare-latency-floor",)),
+    Setting("compare", "differences_file", "", text,
+            "JSON lines, one per differing answer with both heads; empty: RUN_DIR/differences.jsonl",
+            ("--differences-file",)),
+    Setting("compare", "differences_max_mb", 100, integer(1, 100_000),
+            "the differences file stops growing here (differences_not_written counts the rest)",
+            ("--differences-max-mb",)),
     Setting("supervisor", "graceful_timeout", 5.0, number(0.1, 300), "seconds each stop phase may take",
             ("--graceful-timeout",)),
     Setting("supervisor", "startsecs", 1.0, number(0.1, 60), "a child dying sooner failed to boot",

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from appliance.config.keys import Setting, auto_workers
+from appliance.config.specs import CompareSettings
 from appliance.core.errors import ConfigError
 from appliance.engine.params import EngineParams
 
@@ -53,6 +54,7 @@ class OnlineConfig:
     secret_key: str = ""                 # empty: plaintext to interceptd (insecure = true)
     intercept_public_key: str = ""
     verify_midstream: bool = True        # forge SYNs only for connections this host's socket table holds
+    compare: CompareSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ def _checked(call: Callable[[], Any], key: str, raw: Any, origin: str) -> Any:
 
 
 def online_config(v: Values, source: str) -> OnlineConfig:
-    from appliance.core.transfer import capture_filter, parse_transfers
+    from appliance.core.transfer import answer_filter, capture_filter, parse_transfers
     engine = validate_engine(EngineParams(
         mtu=v["session.mtu"], fake_syn_mss=v["session.mss"], handshake_timeout=v["session.handshake_timeout"],
         session_timeout=v["session.session_timeout"], keepalive_timeout=v["session.keepalive_timeout"],
@@ -167,9 +169,18 @@ def online_config(v: Values, source: str) -> OnlineConfig:
     transfers = v["tcpcopyd.transfer"]
     control_group, user = _control_group(v["tcpcopyd.control_group"]), _user(v["tcpcopyd.user"])
     secret_key, intercept_public_key = _curve_client(v)      # checked last, as before: keys need the user
+    bpf = v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers))
+    compare = None
+    if v["compare.enabled"]:
+        bpf = f"({bpf}) or ({answer_filter(parse_transfers(transfers))})"   # the online answers too
+        compare = CompareSettings(
+            head_bytes=v["compare.head_bytes"], ignore_headers=v["compare.ignore_headers"],
+            latency_factor=v["compare.latency_factor"], latency_floor=v["compare.latency_floor_ms"] / 1000,
+            differences_file=v["compare.differences_file"] or os.path.join(v["tcpcopyd.run_dir"], "differences.jsonl"),
+            differences_max_bytes=v["compare.differences_max_mb"] << 20)
     return OnlineConfig(
         transfers=transfers, intercepts=v["tcpcopyd.intercepts"], interfaces=v["tcpcopyd.interfaces"],
-        bpf=v["tcpcopyd.filter"] or capture_filter(parse_transfers(transfers)),
+        bpf=bpf, compare=compare,
         workers=v["tcpcopyd.workers"] or auto_workers(),
         run_dir=v["tcpcopyd.run_dir"], engine=engine, pin_cpus=v["tcpcopyd.pin_cpus"],
         buffer_bytes=v["tcpcopyd.capture_buffer_mb"] << 20, sample_rate=v["tcpcopyd.sample_percent"] / 100,

@@ -16,6 +16,18 @@ from appliance.engine.params import EngineParams
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CompareSettings:
+    """Answer comparison (the [compare] keys); None in OnlineConfig when it is off."""
+
+    head_bytes: int = 512
+    ignore_headers: tuple[str, ...] = ()
+    latency_factor: float = 2.0
+    latency_floor: float = 0.010           # seconds
+    differences_file: str = ""
+    differences_max_bytes: int = 100 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CaptureSpec:
     index: int
     interface: str
@@ -27,6 +39,7 @@ class CaptureSpec:
     buffer_bytes: int = 128 << 20    # kernel ring; G1 was a ring of ~250 packets
     block_timeout_ms: int = 5        # capture latency only: requests are paced downstream
     batch_max: int = 512
+    answers_of: str = ""             # compare: the transfers whose online answers are captured too
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +57,7 @@ class RewriteSpec:
     secret_key: str = ""                 # empty: plaintext (insecure = true)
     intercept_public_key: str = ""
     verify_midstream: bool = False       # live capture on the online host: see SessionTable.accepted_online
+    compare: CompareSettings | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +71,7 @@ class ReaderSpec:
     total_packets: int = 0
     progress: bool = False
     cpus: tuple[int, ...] = ()
+    answers: bool = False            # compare: the online server's answers in the files go to the workers too
 
 
 SPECS: dict[str, type] = {c.__name__: c for c in (CaptureSpec, RewriteSpec, ReaderSpec)}
@@ -72,6 +87,9 @@ def spec_from_json(text: str) -> Any:
     kwargs = dict(obj["fields"])
     if "engine" in kwargs:
         kwargs["engine"] = EngineParams(**kwargs["engine"])
+    if kwargs.get("compare") is not None:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["compare"].items()}
+        kwargs["compare"] = CompareSettings(**fields)
     for name, value in kwargs.items():
         if isinstance(value, list):
             kwargs[name] = tuple(value)

@@ -7,7 +7,7 @@ Frames are wire.encode_json(KIND_CONTROL, ...)::
     reply    {"id": str, "status": "ok", "data": {...}}
            | {"id": str, "status": "error", "error": str, "errno": str}
 
-Commands: status, stop, pause, resume, set {"name": "sample-rate"|"log-level", "value": ...}.
+Commands: status, diff {"top": N}, stop, pause, resume, set {"name": "sample-rate"|"log-level", "value": ...}.
 Frames are decoded by wire.decode_json (bounded: any bad input is an EPROTO reply, never an
 exception), and a reply that cannot be encoded (too big) goes out as an EMSGSIZE error instead.
 The handlers (appliance/tcpcopyd/handlers.py) run in tcpcopyd's supervisor; tcpcopyctl uses only

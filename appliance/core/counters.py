@@ -94,6 +94,35 @@ class RewriteCounters:
     response_channel: dict[str, int] = total_by("the channel from interceptd: the `responses` role's counters")
     intercepts_heard: int = gauge("interceptd instances whose reports reached this worker")
     intercepts: dict[str, Any] = info("interceptd instance -> its last report {pid, filter, counters, age}")
+    compare: dict[str, int] = total_by("answer comparison (compare mode): see CompareCounters")
+    compare_report: dict[str, Any] = info("compare mode: the differences by request, both sides' latency histograms")
+
+
+@dataclass(slots=True, kw_only=True)
+class CompareCounters:
+    """A rewrite worker's answer comparison (appliance/compare/tracker.py), its `compare` counters."""
+
+    compared: int = total("pairs of answers judged (the n-th answer on both sides of a connection)")
+    equal: int = total("pairs without any difference, both sides complete")
+    different_status: int = total("pairs whose HTTP status differs")
+    different_size: int = total("pairs whose size differs (Content-Length, else the length)")
+    different_body: int = total("pairs whose body (HTTP) or bytes (other protocols) differ")
+    different_headers: int = total("pairs whose HTTP headers differ, the ignored ones aside")
+    different_latency: int = total("pairs whose target answered latency_factor times slower (and by the floor)")
+    uncomparable: int = total("pairs with a side captured incompletely: body and length not judged")
+    misaligned: int = total("pairs whose answers belong to different requests (a lost turn)")
+    unpaired_online: int = total("online answers never paired with a target answer", "drop")
+    unpaired_target: int = total("target answers never paired with an online answer", "drop")
+    sessions_evicted: int = total("connections dropped from pairing (too many at once)", "drop")
+    online_turns: int = total("answer turns of the online server captured")
+    online_incomplete_turns: int = total("online turns with a hole (capture loss)")
+    online_gaps: int = total("holes in the online answers' sequence space")
+    online_flows_evicted: int = total("online answer flows dropped (too many at once)", "drop")
+    target_turns: int = total("answer turns of the target received")
+    target_turns_unmatched: int = total("target turns of no replayed connection of this worker", "drop")
+    connections_evicted: int = total("connections dropped from request tracking (too many at once)", "drop")
+    differences_written: int = total("lines written to the differences file")
+    differences_not_written: int = total("differences not written (file bound, or an error)", "drop")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -108,6 +137,8 @@ class ChannelCounters:
                                     "shared")
     intercept_handshakes: int = total("CURVE handshakes with interceptd that succeeded")
     intercept_handshake_failures: int = total("CURVE handshakes with interceptd that failed (wrong key?)")
+    turns: int = total("answer turns of the target received from interceptd (compare)")
+    turns_dropped: int = total("answer turns dropped: the worker did not take them in time (compare)", "drop")
 
 
 @dataclass(slots=True, kw_only=True)

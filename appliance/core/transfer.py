@@ -71,6 +71,18 @@ def capture_filter(transfers: tuple[Transfer, ...]) -> str:
     return "tcp and (" + " or ".join(terms) + ")"
 
 
+def answer_filter(transfers: tuple[Transfer, ...]) -> str:
+    """BPF for the online server's answers to its clients (compare mode), never our own output."""
+    terms = []
+    for t in transfers:
+        term = f"src port {t.online_port}"
+        if t.online_ip:
+            term += f" and src host {t.online_ip}"
+        term += f" and not (dst host {t.target_ip} and dst port {t.target_port})"
+        terms.append(f"({term})")
+    return "tcp and (" + " or ".join(terms) + ")"
+
+
 class TransferMap:
     """Captured (dst ip, dst port) -> every (target ip, target port) it is copied to."""
 

@@ -71,6 +71,13 @@ class ClientMap:
                 return key
         return None
 
+    def captured(self, key: Tuple4) -> tuple[int, int] | None:
+        """The captured client (ip, port) whose first copy uses `key`; None for any other copy or tuple."""
+        if self.identity:
+            return key[0], key[1]
+        origin = self._origin_of.get(key)
+        return (origin[0], origin[1]) if origin is not None and origin[4] == 0 else None
+
     def release(self, key: Tuple4) -> None:
         """The session on `key` is gone: its tuple may be given out again (later)."""
         origin = self._origin_of.pop(key, None)

@@ -132,6 +132,11 @@ class SessionTable:
             sess.client_segment(seg, now, t)
         self._dirty[key] = sess
 
+    def captured_client(self, key: Key) -> tuple[int, int] | None:
+        """The captured client (ip, port) a session key replays (a pool address or a spare port maps
+        back); None when `key` is no first copy of a captured connection. For answer comparison."""
+        return self.clients.captured(self._moved_from.get(key, key))
+
     def target_segment(self, hdr: TcpSegment, now: float) -> None:
         """A target->client header relayed by interceptd."""
         self.counters.responses += 1

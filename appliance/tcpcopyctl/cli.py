@@ -43,6 +43,8 @@ SHARD_COLUMNS = (("sessions_active", "active"), ("sessions_completed", "done"),
                  ("responses_unmatched", "unmatched"))
 MAX_SHOWN = 300            # characters of one string of the status document printed
 
+DIFF_KINDS = ("status", "size", "body", "headers", "latency")     # the compare counters different_*
+
 
 def call(run_dir: str, command: str, args: dict | None = None, timeout: float = 2.0) -> dict | None:
     """One request/reply; None when nobody answered in time; a garbled reply is an EPROTO error reply."""
@@ -143,6 +145,9 @@ def format_status(data: dict) -> str:
     repairs = {k: total[k] for k in REPAIR_COUNTERS if total.get(k)}
     if repairs:
         lines.append("repairs: " + ", ".join(f"{k} {v}" for k, v in repairs.items()))
+    compare = total.get("compare", {})
+    if compare.get("compared") or compare.get("online_turns"):
+        lines.append(compare_line(compare))
     bad = {k: v for k, v in sup.get("bad_frames", {}).items() if v}
     if bad:
         lines.append("supervisor refused frames: " + ", ".join(f"{k} {v}" for k, v in bad.items()))
@@ -156,6 +161,40 @@ def format_status(data: dict) -> str:
     return "\n".join(lines)
 
 
+def compare_line(c: dict) -> str:
+    """The answer comparison in one line (status, and the end of `make demo`)."""
+    compared = c.get("compared", 0)
+    share = f" ({100 * c.get('equal', 0) / compared:.1f} %)" if compared else ""
+    kinds = ", ".join(f"{kind} {c.get('different_' + kind, 0)}" for kind in DIFF_KINDS)
+    return (f"compare: {compared} answers compared, {c.get('equal', 0)} equal{share}; different: {kinds}; "
+            f"unpaired {c.get('unpaired_online', 0)}/{c.get('unpaired_target', 0)} (online/target)")
+
+
+def _ms(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def format_diff(data: dict) -> str:
+    """`tcpcopyctl diff`: the differing answers grouped by request, both sides side by side."""
+    data = printable_tree(data)
+    lines = [compare_line(data.get("counters", {})), ""]
+    groups = data.get("groups", [])
+    if not groups:
+        return "\n".join(lines + ["no differences"])
+    lines.append(f"{'COUNT':>7}  {'METHOD':<7} {'PATH':<32} {'KINDS':<22} {'STATUS online>target':<22} "
+                 f"{'SIZE online/target':<20} {'LATENCY ms online/target':<24}")
+    for g in groups:
+        kinds = ",".join(k for k, n in g.get("kinds", {}).items() if n)
+        statuses = " ".join(f"{k}x{n}" for k, n in list(g.get("statuses", {}).items())[:3])
+        sizes = "/".join(str(s) for s in g.get("sizes", ()))
+        lat = "/".join(_ms(g.get(side, {}).get("mean_ms")) for side in ("online_latency", "target_latency"))
+        lines.append(f"{g.get('count', 0):>7}  {str(g.get('method')):<7} {str(g.get('path'))[:32]:<32} "
+                     f"{kinds[:22]:<22} {statuses[:22]:<22} {sizes[:20]:<20} {lat:<24}")
+    if data.get("group_count", 0) > len(groups):
+        lines.append(f"... {data['group_count'] - len(groups)} more groups (--top N)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tcpcopyctl", description="Look at a running tcpcopyd and steer it.")
     p.add_argument("--run-dir", default=os.environ.get("TCPCOPY_RUN_DIR", DEFAULT_RUN_DIR))
@@ -166,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the status document (fields: appliance/tcpcopyd/status_schema.py)")
     st.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                     help="refresh every SECONDS (default 2) until interrupted")
+    df = sub.add_parser("diff", help="compare mode: the target's answers that differ from production's, by request")
+    df.add_argument("--json", action="store_true", help="the merged report as JSON")
+    df.add_argument("--top", type=int, default=20, metavar="N", help="groups shown, the largest first (default 20)")
     sub.add_parser("stop", help="stop tcpcopyd (same path as SIGTERM)")
     sub.add_parser("pause", help="start no new sessions (open ones go on)")
     sub.add_parser("resume", help="start new sessions again")
@@ -255,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists(os.path.join(args.run_dir, "ctl")):
         print(f"tcpcopyd is not running (no control socket in {args.run_dir})", file=sys.stderr)
         return _no_status(args, "not running", f"no control socket in {args.run_dir}", LSB_NOT_RUNNING)
-    request_args = {"name": args.name, "value": args.value} if args.command == "set" else {}
+    request_args = ({"name": args.name, "value": args.value} if args.command == "set" else
+                    {"top": args.top} if args.command == "diff" else {})
     while True:
         reply = call(args.run_dir, args.command, request_args, timeout=args.timeout)
         if reply is None:
@@ -269,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_REFUSED
         if args.command in RUNTIME_COMMANDS:
             return _wait_applied(args, reply["data"])
+        if args.command == "diff":
+            print(json.dumps(reply["data"], indent=2) if args.json else format_diff(reply["data"]))
+            return LSB_RUNNING
         if args.command != "status":
             print(json.dumps(reply["data"]))
             return LSB_RUNNING

@@ -37,6 +37,7 @@ MAX_INTERCEPTS_SHOWN = 64    # restarted interceptds: keep the newest
 MAX_INSTANCES_KEPT = 1024    # instance ids remembered (restarts, batch numbers): a bound on what peers send
 # bounds of an interceptd's report as kept (64 of them ride in a worker's heartbeat: about 200 KiB at most)
 MAX_FILTER_CHARS = 1024
+MAX_TURNS_WAITING = 65536     # turns received, not yet taken by the worker; more are counted, dropped
 MAX_COUNTERS_KEPT = 32       # interceptd reports 14
 MAX_COUNTER_VALUE = (1 << 63) - 1
 INSTANCE = re.compile(r"[0-9a-f]{1,16}")
@@ -79,7 +80,7 @@ class AnswerChannel:
     inproc:// ones); the socket connects to each, so their number is the number of interceptds."""
 
     def __init__(self, ctx: zmq.Context[Any], shards: int, shard: int, endpoints: tuple[str, ...],
-                 secret_key: str = "", intercept_public_key: str = "") -> None:
+                 secret_key: str = "", intercept_public_key: str = "", *, compare: bool = False) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.linger = 0
         self.sock.rcvhwm = SUB_HWM
@@ -89,6 +90,8 @@ class AnswerChannel:
         # shard topic first: a stats frame arriving proves this subscription reached the publisher
         self.sock.setsockopt(zmq.SUBSCRIBE, wire.shard_topic(shards, shard))
         self.sock.setsockopt(zmq.SUBSCRIBE, wire.STATS_TOPIC)
+        if compare:                      # interceptd assembles and sends turns only while someone asks
+            self.sock.setsockopt(zmq.SUBSCRIBE, wire.turn_topic(shards, shard))
         self.monitor = self.sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -107,6 +110,9 @@ class AnswerChannel:
         self._expected: dict[int, int] = {}                  # interceptd instance id -> next batch seq
         self._instances: dict[int, None] = {}                # interceptd instance ids heard, oldest first
         self.intercepts: dict[str, dict[str, Any]] = {}      # interceptd instance -> its last stats
+        self.turns: list[wire.TurnRecord] = []               # the target's answer turns (compare), not yet taken
+        self.turns_received = 0
+        self.turns_dropped = 0
 
     def receive(self) -> memoryview | None:
         """The next batch of this shard's headers (its records not yet checked), or None when the
@@ -118,6 +124,9 @@ class AnswerChannel:
                 return None
             if topic == wire.STATS_TOPIC:
                 self._on_intercept_stats(frame)
+                continue
+            if topic[:1] == wire.TURN_TOPIC_PREFIX:
+                self._on_turns(frame)
                 continue
             data = memoryview(frame)
             try:
@@ -140,15 +149,35 @@ class AnswerChannel:
                 return parts[0], parts[1]
             self.bad_frames += 1
 
-    def _check_seq(self, source: int, seq: int) -> None:
-        expected = self._expected.get(source)
+    def _on_turns(self, frame: bytes) -> None:
+        try:
+            header, turns = wire.decode_turn_batch(frame)
+        except wire.WireError:
+            self.bad_frames += 1
+            return
+        self._check_seq(header.source, header.seq, wire.KIND_TURNS)
+        self.turns_received += len(turns)
+        room = MAX_TURNS_WAITING - len(self.turns)
+        if len(turns) > room:
+            self.turns_dropped += len(turns) - max(0, room)
+            turns = turns[:max(0, room)]
+        self.turns.extend(turns)
+
+    def take_turns(self) -> list[wire.TurnRecord]:
+        turns, self.turns = self.turns, []
+        return turns
+
+    def _check_seq(self, source: int, seq: int, kind: int = wire.KIND_RESPONSES) -> None:
+        """Batch sequence numbers count per interceptd instance and per topic kind (headers, turns)."""
+        stream = (source << 8) | kind
+        expected = self._expected.get(stream)
         if expected is None:
             self._heard(source)
             if len(self._expected) >= MAX_INSTANCES_KEPT:
                 del self._expected[next(iter(self._expected))]
         elif seq > expected:
             self.batches_lost += seq - expected
-        self._expected[source] = seq + 1
+        self._expected[stream] = seq + 1
 
     def _heard(self, instance: int) -> None:
         """An interceptd instance in a batch header or a stats report. Decision: the first instance
@@ -195,7 +224,8 @@ class AnswerChannel:
         return {"headers": self.headers, "bad_frames": self.bad_frames, "batches_lost": self.batches_lost,
                 "intercept_fields_dropped": self.fields_dropped,
                 "intercept_restarts": self.intercept_restarts, "intercept_handshakes": self.handshakes,
-                "intercept_handshake_failures": self.handshake_failures}
+                "intercept_handshake_failures": self.handshake_failures, "turns": self.turns_received,
+                "turns_dropped": self.turns_dropped}
 
     def intercepts_info(self) -> dict[str, dict[str, Any]]:
         """The last report of each interceptd instance heard (the newest last), with its age in seconds."""

@@ -14,9 +14,10 @@ from typing import Any, Protocol
 
 from appliance.config.keys import LOG_LEVELS
 from appliance.core.control import Request, error_reply, ok_reply
-from appliance.tcpcopyd.status import Snapshot, document
+from appliance.tcpcopyd.status import Snapshot, differences_of, document
 
 Reply = dict[str, Any]
+MAX_TOP = 1000             # groups of differences one `diff` answer lists at most
 
 
 class ControlTarget(Protocol):
@@ -38,6 +39,13 @@ def dispatch(target: ControlTarget, request: Request) -> Reply:
 
 def handle_status(target: ControlTarget, request: Request) -> Reply:
     return ok_reply(request.id, document(target.snapshot()))
+
+
+def handle_diff(target: ControlTarget, request: Request) -> Reply:
+    top = request.args.get("top", 20)
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
+        return error_reply(request.id, f"top {_bounded_repr(top)}: must be a whole number 1-{MAX_TOP}", "EINVAL")
+    return ok_reply(request.id, differences_of(target.snapshot().rows, top))
 
 
 def handle_stop(target: ControlTarget, request: Request) -> Reply:
@@ -94,6 +102,7 @@ def sample_rate_of(value: object) -> float | None:
 
 COMMANDS: dict[str, Callable[[ControlTarget, Request], Reply]] = {
     "status": handle_status,
+    "diff": handle_diff,
     "stop": handle_stop,
     "pause": handle_pause,
     "resume": handle_resume,

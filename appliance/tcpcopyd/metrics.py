@@ -15,10 +15,11 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.core import counters as records
+from appliance.tcpcopyd.status import differences_of
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class _RowsCollector:
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        for row in self._rows():
+        rows = self._rows()
+        for row in rows:
             index = str(row["index"])
             counters = dict(row["counters"])
             # a rewrite worker's channel from interceptd keeps the names of the totals.responses it is summed into
@@ -61,8 +63,9 @@ class _RowsCollector:
                 elif isinstance(value, dict):
                     fam = families.get(metric)
                     if fam is None:
+                        label = "errno" if name == "send_errors" else "kind"
                         fam = families[metric] = CounterMetricFamily(metric, _help(role, name),
-                                                                     labels=["index", "errno"])
+                                                                     labels=["index", label])
                     for key, count in value.items():
                         fam.add_metric([index, str(key)], count)
             for name, value in (("up", 1 if row["pid"] else 0), ("restarts", row["restarts"])):
@@ -72,6 +75,25 @@ class _RowsCollector:
                     fam = families[metric] = GaugeMetricFamily(metric, name, labels=["role", "index"])
                 fam.add_metric([row["role"], index], value)
         yield from families.values()
+        yield from _latency_histograms(rows)
+
+
+def _latency_histograms(rows: list[dict]) -> Iterator[Metric]:
+    """Compare mode: how long the online server and the target took to answer, over every pair."""
+    report = differences_of(rows, top=0)
+    if not report["online_latency"]["total"] and not report["target_latency"]["total"]:
+        return
+    fam = HistogramMetricFamily("tcpcopy_compare_latency_seconds",
+                                "time from a request's end to its answer's first byte, per side (compare)",
+                                labels=["side"])
+    for side in ("online", "target"):
+        h = report[f"{side}_latency"]
+        running, buckets = 0, []
+        for le, n in zip([*h["buckets"], "+Inf"], h["counts"], strict=True):
+            running += n
+            buckets.append((str(le), running))
+        fam.add_metric([side], buckets, sum_value=h["sum"])
+    yield fam
 
 
 @dataclass(slots=True)

@@ -58,7 +58,8 @@ def rewrite_children(config: OnlineConfig, engine: EngineParams, verify_midstrea
         index=k, shards=n, run_dir=config.run_dir, transfers=config.transfers, engine=engine, cpus=cpus[k],
         sample_rate=config.sample_rate, client_pool=config.client_pool, copies=config.copies,
         intercepts=config.intercepts, secret_key=config.secret_key,
-        intercept_public_key=config.intercept_public_key, verify_midstream=verify_midstream))
+        intercept_public_key=config.intercept_public_key, verify_midstream=verify_midstream,
+        compare=config.compare))
         for k in range(n)]
 
 
@@ -69,7 +70,8 @@ class LivePolicy:
         caps = cpu_plan(len(config.interfaces), 0, config.pin_cpus)
         captures = [Planned(role="capture", index=i, entry="workers.capture:main", cpus=caps[i], spec=CaptureSpec(
             index=i, interface=iface, bpf=config.bpf, shards=config.workers, run_dir=config.run_dir, cpus=caps[i],
-            buffer_bytes=config.buffer_bytes)) for i, iface in enumerate(config.interfaces)]
+            buffer_bytes=config.buffer_bytes, answers_of=config.transfers if config.compare else ""))
+            for i, iface in enumerate(config.interfaces)]
         return rewrite_children(config, config.engine, config.verify_midstream) + captures
 
     def may_start(self, rows: list[dict[str, Any]], waited: float) -> bool:
@@ -105,7 +107,8 @@ class OfflinePolicy:
         caps = cpu_plan(1, 0, config.pin_cpus)
         reader = ReaderSpec(run_dir=config.run_dir, shards=config.workers, transfers=config.transfers,
                             files=config.offline, speed=config.speed, max_gap_ms=config.max_gap_ms,
-                            total_packets=self.total_packets, progress=self.progress, cpus=caps[0])
+                            total_packets=self.total_packets, progress=self.progress, cpus=caps[0],
+                            answers=config.compare is not None)
         return [*workers, Planned(role="reader", index=0, entry="workers.reader:main", spec=reader, cpus=caps[0],
                                   oneshot=True)]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.compare.report import DiffReport
 from appliance.core.counters import in_group
 from appliance.tcpcopyd.observe import add_counters
 
@@ -70,6 +71,24 @@ def intercepts_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             known = merged.get(instance)
             if known is None or (_number(age) < _number(known.get("age"))):
                 merged[instance] = report
+    return merged
+
+
+def differences_of(rows: list[dict[str, Any]], top: int = 50) -> dict[str, Any]:
+    """The rewrite workers' comparison reports merged (compare mode): the differing answers grouped
+    by request, the largest groups first, and both sides' latency histograms. A worker's report
+    that does not merge (another version) is skipped and counted in `reports_refused`."""
+    report, refused = DiffReport(), 0
+    for row in rows:
+        doc = row.get("info", {}).get("compare_report") if row["role"] == "rewrite" else None
+        if isinstance(doc, dict) and doc:
+            try:
+                report.merge(doc)
+            except ValueError:
+                refused += 1
+    merged = report.to_dict(top)
+    merged["reports_refused"] = refused
+    merged["counters"] = totals_of(rows)["rewrite"].get("compare", {})
     return merged
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from appliance.compare.tracker import Comparer
 from appliance.compare.turns import AssemblerSpec, Flow, Turn, TurnAssembler
 from appliance.core.packet import ACK, FIN, PSH, RST, SYN
 from appliance.core.wire import TURN_DIGEST_SIZE
@@ -84,3 +85,37 @@ def one_turn(data: bytes, *, request: int = 100, spec: AssemblerSpec | None = No
     srv.fin()
     assert len(srv.turns) == 1
     return srv.turns[0]
+
+
+TARGET = (0xC6120003, 80)
+ISN = 5000
+
+
+def request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def replay(comparer: Comparer, paths: list[str], online: list[bytes], target: list[bytes],
+           client: tuple[int, int] = CLIENT, target_delay_ms: int = 1) -> None:
+    """One keep-alive connection: each request captured, sent to the target and answered on both
+    sides; then both servers close."""
+    comparer.client_data(client, ISN, SYN, b"", 0)
+    comparer.online_answer(SERVER, client, 999, ISN + 1, SYN | ACK, b"", 0)
+    twin = Server(TurnAssembler(), flow=(*TARGET, *client), server_isn=7000, client_isn=ISN)
+    twin.syn_ack()
+    seq, online_seq, now = ISN + 1, 1000, 0
+    for path, mine, theirs in zip(paths, online, target, strict=True):
+        data = request(path)
+        now += 10 * MS
+        comparer.client_data(client, seq, ACK | PSH, data, now)
+        seq += len(data)
+        twin.now = now
+        comparer.sent(client, seq, now)                # the replay left at once
+        twin.request(len(data))
+        twin.send(theirs, dt=target_delay_ms * MS)
+        comparer.online_answer(SERVER, client, online_seq, seq, ACK | PSH, mine, now + MS)
+        online_seq += len(mine)
+    comparer.online_answer(SERVER, client, online_seq, seq, ACK | FIN, b"", now + 2 * MS)
+    twin.fin()
+    for turn in twin.turns:
+        comparer.target_turn(client, turn)

@@ -56,7 +56,8 @@ BEFORE_DROP_COUNTERS = (
     "bad_frames", "malformed", "no_transfer", "sessions_timed_out", "sessions_skipped_paused",
     "sessions_skipped_sampled", "sessions_lost_in_restarts", "queue_drops", "kernel_drops",
     "batches_lost", "not_ip", "intercept_fields_dropped", "oversized", "unknown_interface",
-    "link_unsupported", "midstream_refused", "target_resets_ignored", "closes_forced", "sessions_shed")
+    "link_unsupported", "midstream_refused", "target_resets_ignored", "closes_forced", "sessions_shed",
+    "turns_dropped")     # added with compare mode (the channel's turns)
 BEFORE_REPAIR_COUNTERS = ("port_reuse_moves", "restarts", "syn_retransmits", "target_stale_resets",
                           "target_isn_changes", "target_resets_challenged", "retransmits", "fast_retransmits",
                           "chunks_coalesced")

@@ -141,3 +141,19 @@ def test_status_names_the_replays_repairs_and_give_ups():
     text = format_status(doc)
     assert "repairs: target_stale_resets 2, port_reuse_moves 7" in text      # in EngineCounters' order
     assert "closes_forced 1" in text and "midstream_refused 3" in text and "chunks_coalesced" not in text
+
+
+def test_diff_prints_the_groups_and_status_prints_one_compare_line():
+    from appliance.tcpcopyctl.cli import format_diff
+    from appliance.tcpcopyd.status import differences_of
+    from tests.unit.tcpcopyd.test_handlers import _compare_rows
+    rows = _compare_rows()
+    text = format_diff(differences_of(rows, 10))
+    first, _, header, group = text.splitlines()[:4]
+    assert first.startswith("compare: 4 answers compared, 2 equal (50.0 %); different: status 2")
+    assert "METHOD" in header and group.split()[:3] == ["2", "GET", "/x"] and "200x2" not in group
+    assert "500" in group
+    doc = status_doc()
+    doc["totals"]["rewrite"]["compare"] = {"compared": 4, "equal": 2, "different_status": 2}
+    assert any(line.startswith("compare: 4 answers compared") for line in format_status(doc).splitlines())
+    assert format_diff({"groups": [], "counters": {}}).endswith("no differences")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance.compare.tracker import Comparer
 from appliance.core.control import Request
 from appliance.tcpcopyd.handlers import dispatch
 from appliance.tcpcopyd.status import Snapshot
+from tests.unit.compare.kit import CLIENT, http_answer, replay
 
 
 class FakeSupervisor:
@@ -66,3 +68,41 @@ def test_an_unknown_command_is_enoent_and_changes_nothing():
     reply = call(sup, "reboot")
     assert reply["status"] == "error" and reply["errno"] == "ENOENT" and "reboot" in reply["error"]
     assert sup.stops == 0 and sup.runtime["seq"] == 0
+
+
+def _compare_rows() -> list[dict[str, Any]]:
+    """Two rewrite workers' heartbeats in compare mode: /x answered 500 by the target on each."""
+    rows = []
+    for index in range(2):
+        comparer = Comparer()
+        ok, failed = http_answer(body=b"ok"), http_answer(status=500, body=b"ok")
+        replay(comparer, ["/a", "/x"], [ok, ok], [ok, failed], client=(CLIENT[0], 40000 + index))
+        rows.append({"role": "rewrite", "index": index, "pid": 100 + index, "restarts": 0,
+                     "counters": {"compare": comparer.counters()},
+                     "info": {"compare_report": comparer.info()}})
+    return rows
+
+
+class ComparingSupervisor(FakeSupervisor):
+    def snapshot(self) -> Snapshot:
+        return Snapshot(time=1.0, pid=42, uptime=3.0, stopping=False, rows=_compare_rows())
+
+
+def test_diff_merges_every_workers_differences_by_request():
+    reply = call(ComparingSupervisor(), "diff", top=5)
+    assert reply["status"] == "ok"
+    data = reply["data"]
+    assert [(g["method"], g["path"], g["count"]) for g in data["groups"]] == [("GET", "/x", 2)]
+    assert data["counters"]["compared"] == 4 and data["counters"]["different_status"] == 2
+    assert data["online_latency"]["total"] == 4 and data["reports_refused"] == 0
+
+
+def test_diff_refuses_a_bad_top_and_skips_reports_that_do_not_merge():
+    for top in (0, -1, "5", True, 10**6):
+        assert call(ComparingSupervisor(), "diff", top=top)["errno"] == "EINVAL"
+    sup = ComparingSupervisor()
+    rows = _compare_rows() + [{"role": "rewrite", "index": 2, "counters": {},
+                               "info": {"compare_report": {"groups": "junk", "online_latency": 1}}}]
+    sup.snapshot = lambda: Snapshot(time=1.0, pid=1, uptime=1.0, stopping=False, rows=rows)  # type: ignore[method-assign]
+    data = call(sup, "diff")["data"]
+    assert data["reports_refused"] == 1 and data["groups"][0]["count"] == 2

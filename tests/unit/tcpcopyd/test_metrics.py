@@ -180,3 +180,17 @@ def test_idle_metrics_connections_do_not_delay_control_requests(tmp_path, monkey
         raise results["error"]
     # 20 idle connections used to cost 0.2 s each, in front of the requests
     assert results["ten_requests"] < 1.0 and results["scrape"] == 200
+
+
+def test_compare_latency_histograms_of_both_sides_are_exported():
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from appliance.tcpcopyd.metrics import _RowsCollector
+    from tests.unit.tcpcopyd.test_handlers import _compare_rows
+    registry = CollectorRegistry()
+    registry.register(_RowsCollector(_compare_rows))
+    text = generate_latest(registry).decode()
+    assert 'tcpcopy_compare_latency_seconds_count{side="online"} 4.0' in text
+    assert 'tcpcopy_compare_latency_seconds_count{side="target"} 4.0' in text
+    assert 'tcpcopy_rewrite_compare_total{index="0",kind="different_status"} 1.0' in text
