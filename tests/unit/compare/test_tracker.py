@@ -8,6 +8,7 @@ from appliance.compare.verdict import Diff
 from appliance.core.counters import CompareCounters
 from tests.unit.compare.kit import CLIENT, MS, http_answer, replay
 
+
 def test_identical_answers_are_all_equal():
     comparer = Comparer()
     answers = [http_answer(body=b"a" * 10), http_answer(body=b"b" * 2000), http_answer(status=404, body=b"")]
