@@ -6,7 +6,9 @@ Protocol contract:
 - keep-alive by default; HTTP/1.0 requests and ``Connection: close`` close after their response;
 - request bodies by Content-Length only (Transfer-Encoding is answered 501 and the connection closed);
 - pipelined requests are answered in order; every answer is ``200 OK`` with the same 64-byte body;
-- ``--delay-ms`` holds every response that long (responses keep their order).
+- ``--delay-ms`` holds every response that long (responses keep their order);
+- ``--status-for PATH=CODE`` (repeatable) answers requests for PATH (query string aside) with that
+  status and the same body: a deliberate change, for answer comparison.
 
 Recording contract (one JSON object per line, appended and flushed to FILE):
 ``{"peer": "ip:port", "bytes": n, "sha256": hex, "requests": n, "opened": epoch, "closed": epoch,
@@ -36,11 +38,17 @@ _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
 KEEP_ALIVE_RESPONSE = _HEAD + b"\r\n" + BODY
 CLOSING_RESPONSE = _HEAD + b"Connection: close\r\n\r\n" + BODY
 
+
+def response(status: int, keep_alive: bool) -> bytes:
+    """The fixed body under another status line (--status-for)."""
+    head = _HEAD.replace(b"200 OK", b"%d %s" % (status, _REASONS.get(status, b"Changed")), 1)
+    return head + (b"\r\n" if keep_alive else b"Connection: close\r\n\r\n") + BODY
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 256 * 1024 * 1024
 LISTEN_BACKLOG = 4096
 _REASONS = {400: b"Bad Request", 413: b"Content Too Large", 431: b"Request Header Fields Too Large",
-            501: b"Not Implemented"}
+            500: b"Internal Server Error", 501: b"Not Implemented"}
 
 
 class BadRequest(Exception):
@@ -54,6 +62,12 @@ class BadRequest(Exception):
 def error_response(status: int) -> bytes:
     return (b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             % (status, _REASONS.get(status, b"Error")))
+
+
+def request_path(head: bytes) -> bytes:
+    """The path of a request head's target, without its query string."""
+    target = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+    return target.partition(b"?")[0]
 
 
 def parse_head(head: bytes) -> tuple[bool, int]:
@@ -106,9 +120,10 @@ class Recorder:
 class Service:
     """Shared state of one server: the recorder, the response delay and the open connections."""
 
-    def __init__(self, recorder: Recorder, delay_seconds: float) -> None:
+    def __init__(self, recorder: Recorder, delay_seconds: float, status_for: dict[bytes, int] | None = None) -> None:
         self.recorder = recorder
         self.delay = delay_seconds
+        self.status_for = status_for or {}
         self.connections: set[HttpConnection] = set()
         self.shut_down = False
         self.connections_total = 0
@@ -142,6 +157,7 @@ class HttpConnection(asyncio.Protocol):
         self.body_remaining = 0
         self.keep_alive_after_body = True
         self.closing = False
+        self.status: int | None = None      # --status-for: the status of the request being answered
         self.eof = False
         self.delayed: deque[tuple[float, bytes, bool]] = deque()
         self.timer: asyncio.TimerHandle | None = None
@@ -231,7 +247,9 @@ class HttpConnection(asyncio.Protocol):
                 if end_of_data - pos > MAX_HEAD_BYTES:
                     raise BadRequest(431)
                 break
-            keep_alive, length = parse_head(bytes(buf[pos:end]))
+            head = bytes(buf[pos:end])
+            keep_alive, length = parse_head(head)
+            self.status = self.service.status_for.get(request_path(head)) if self.service.status_for else None
             pos = end + 4
             if length:
                 available = end_of_data - pos
@@ -252,6 +270,9 @@ class HttpConnection(asyncio.Protocol):
         self.service.requests_total += 1
         if not keep_alive:
             self.closing = True
+        if self.status is not None:
+            self._respond(response(self.status, keep_alive), close=not keep_alive, out=out)
+            return
         self._respond(KEEP_ALIVE_RESPONSE if keep_alive else CLOSING_RESPONSE, close=not keep_alive, out=out)
 
     def _respond(self, response: bytes, close: bool, out: list[bytes]) -> None:
@@ -288,11 +309,12 @@ class HttpConnection(asyncio.Protocol):
             self.timer = loop.call_at(self.delayed[0][0], self._release_due)
 
 
-async def serve(bind: str, port: int, record_path: str | None, delay_ms: float) -> int:
+async def serve(bind: str, port: int, record_path: str | None, delay_ms: float,
+                status_for: dict[bytes, int] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; runs in the service process's only thread."""
     loop = asyncio.get_running_loop()
     recorder = Recorder(record_path)
-    service = Service(recorder, delay_ms / 1000.0)
+    service = Service(recorder, delay_ms / 1000.0, status_for)
     server = await loop.create_server(
         lambda: HttpConnection(service), bind, port, backlog=LISTEN_BACKLOG, reuse_address=True
     )
@@ -318,14 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks one)")
     parser.add_argument("--record", metavar="FILE", help="append one JSON line per connection to FILE")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="hold every response this long")
+    parser.add_argument("--status-for", action="append", default=[], metavar="PATH=CODE",
+                        help="answer PATH with status CODE instead of 200 (repeatable)")
     return parser
+
+
+def _status_for(items: list[str]) -> dict[bytes, int]:
+    out = {}
+    for item in items:
+        path, _, code = item.rpartition("=")
+        if not path.startswith("/") or not code.isdigit() or not 100 <= int(code) <= 599:
+            raise ValueError(f"--status-for {item!r}: PATH=CODE, e.g. /x=500")
+        out[path.encode()] = int(code)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.delay_ms < 0:
         build_parser().error("--delay-ms must be >= 0")
-    return asyncio.run(serve(args.bind, args.port, args.record, args.delay_ms))
+    try:
+        status_for = _status_for(args.status_for)
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    return asyncio.run(serve(args.bind, args.port, args.record, args.delay_ms, status_for))
 
 
 if __name__ == "__main__":

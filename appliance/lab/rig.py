@@ -63,7 +63,7 @@ class ReplicationRig:
                  tcpcopyd_args: tuple[str, ...] = (), extra_intercepts: tuple[str, ...] = (),
                  intercept_filter: str | None = None, placement: Placement = Placement(),
                  intercept_args: tuple[str, ...] = (), bindir: str | None = None,
-                 daemon_prefix: tuple[str, ...] = ()) -> None:
+                 daemon_prefix: tuple[str, ...] = (), target_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +71,7 @@ class ReplicationRig:
         self.online_rec = self.dir / "online.rec"
         self.target_rec = self.dir / "target.rec"
         self.target_delay_ms = target_delay_ms
+        self.target_args = target_args          # more httpservice flags for the target (--status-for ...)
         self.port = port
         self.tcpcopyd_args = tcpcopyd_args
         self.place = placement
@@ -114,6 +115,8 @@ class ReplicationRig:
                     "--record", str(rec)]
             if role == "target" and self.target_delay_ms:
                 argv += ["--delay-ms", str(self.target_delay_ms)]
+            if role == "target":
+                argv += self.target_args
             self._start(f"{role}-http", host, argv, ready="LISTENING")
 
     def start_nginx(self, which: tuple[str, ...] = ("online", "target")) -> None:
