@@ -174,7 +174,7 @@ def test_live_wrk_keepalive_100_connections(rig: ReplicationRig) -> None:
 # wrk leaves a connection with a RST when an answer is still unread as it exits (most of them, as
 # a rule); a busy machine can make it read every answer first and end them all with a FIN, which
 # is not this scenario: then the capture is made again.
-WRK_CAPTURE_ATTEMPTS = 3
+WRK_CAPTURE_ATTEMPTS = 6
 
 
 def test_offline_topspeed_of_a_wrk_capture_ending_in_resets(rig: ReplicationRig) -> None:
@@ -217,7 +217,10 @@ LIVE_AB_REQUESTS = 20000
 
 def test_live_ab_short_connections_with_client_ports_coming_back(rig: ReplicationRig) -> None:
     """ab from one address with the client's ephemeral ports narrowed to 40000-40999 (each port
-    back every few hundred connections): >= 99.9 % of the requests replicated."""
+    back every few hundred connections): >= 99.9 % of the requests replicated. Shedding is off: this
+    is about ports coming back, and a slower machine than ours must not turn it into the overload
+    test (test_an_overload_sheds_new_sessions_and_completes_the_ones_it_started)."""
+    rig.tcpcopyd_args = (*rig.tcpcopyd_args, "--shed-lag", "0")
     rig.start(services=False)
     kernel_before = kernel_counters(rig.lab, "target")
     with port_range(rig.lab, "client", 40000, 40999):
