@@ -420,6 +420,23 @@ INTERCEPT: tuple[Setting, ...] = (
     Setting("interceptd", "user", "", plain_text,
             "after opening its captures, run as this user with only CAP_NET_RAW and CAP_NET_ADMIN",
             ("--user",)),
+    Setting("interceptd", "compare", False, boolean,
+            "compare mode: also publish each answer turn (length, digests, first bytes) to the tcpcopyd "
+            "workers that compare answers; captures whole answers, so give it a larger capture_buffer_mb "
+            "(e.g. 128)", ("--compare",)),
+    Setting("interceptd", "compare_head_bytes", 512, integer(16, 4096),
+            "compare mode: bytes of each answer turn's beginning published (HTTP: status line and headers)",
+            ("--compare-head-bytes",)),
+    Setting("interceptd", "compare_turn_idle", 2.0, number(0.01, 600),
+            "compare mode: seconds without answer bytes before an open turn is published as ended",
+            ("--compare-turn-idle",)),
+    Setting("interceptd", "compare_flow_idle", 300.0, number(1, 86400),
+            "compare mode: seconds without any segment before a connection is forgotten (its later turns "
+            "count from 0 again); at least compare_turn_idle", ("--compare-flow-idle",)),
+    Setting("interceptd", "compare_max_flows", 65536, integer(256, 4_000_000),
+            "compare mode: connections tracked at once (a few hundred bytes each, plus the open turns' "
+            "heads); beyond it the least recently active is forgotten and counted",
+            ("--compare-max-flows",)),
     Setting("security", "secret_key", "/etc/tcpcopy/curve/interceptd.key_secret", plain_text,
             "interceptd's CURVE secret key (tcpcopyctl keygen)", ("--secret-key",)),
     Setting("security", "authorized_keys", "/etc/tcpcopy/curve/authorized", plain_text,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from appliance.compare.turns import AssemblerSpec
 from appliance.config.keys import Setting, auto_workers
 from appliance.config.specs import CompareSettings
 from appliance.core.errors import ConfigError
@@ -57,19 +58,27 @@ class OnlineConfig:
     compare: CompareSettings | None = None
 
 
+HEADERS_SNAPLEN = 14 + 60 + 60       # link + IP + TCP headers with options, no payload
+WHOLE_SNAPLEN = 64 + 65535           # compare mode: the largest IPv4 packet behind any link header
+
+
 @dataclass(frozen=True, slots=True)
 class InterceptConfig:
+    """interceptd's settings. `compare`: the turn assembler's spec in compare mode, None when off
+    (then interceptd does exactly what it did before compare mode existed)."""
+
     interfaces: tuple[str, ...]
     bpf: str
     bind: str = "0.0.0.0"
     port: int = 36524
-    snaplen: int = 14 + 60 + 60      # link + IP + TCP headers with options, no payload
+    snaplen: int = HEADERS_SNAPLEN
     buffer_bytes: int = 32 << 20
     batch_max: int = 512
     log_level: str = "info"
     secret_key: str = ""                 # empty: plaintext (insecure = true)
     authorized_keys: str = ""
     user: str = ""
+    compare: AssemblerSpec | None = None
 
 
 Values = dict[str, Any]              # "section.key" -> value
@@ -280,11 +289,22 @@ def intercept_config(v: Values) -> InterceptConfig:
             raise ConfigError(f"[security] authorized_keys = {authorized!r}: no such directory of tcpcopyd "
                               "public keys (or set insecure = true for a lab)")
         _readable_by(user, authorized, "[security] authorized_keys", os.R_OK | os.X_OK)
+    compare = _assembler_spec(v) if v["interceptd.compare"] else None
     return InterceptConfig(interfaces=v["interceptd.interfaces"], bpf=v["interceptd.filter"],
                            bind=v["interceptd.bind"], port=v["interceptd.port"],
+                           snaplen=HEADERS_SNAPLEN if compare is None else WHOLE_SNAPLEN,
                            buffer_bytes=v["interceptd.capture_buffer_mb"] << 20,
                            log_level=v["interceptd.log_level"], secret_key=secret, authorized_keys=authorized,
-                           user=user)
+                           user=user, compare=compare)
+
+
+def _assembler_spec(v: Values) -> AssemblerSpec:
+    turn_idle, flow_idle = v["interceptd.compare_turn_idle"], v["interceptd.compare_flow_idle"]
+    if flow_idle < turn_idle:
+        raise ConfigError(f"interceptd.compare_flow_idle = {flow_idle:g}: must be at least "
+                          f"compare_turn_idle ({turn_idle:g})")
+    return AssemblerSpec(head_bytes=v["interceptd.compare_head_bytes"], max_flows=v["interceptd.compare_max_flows"],
+                         turn_idle=turn_idle, flow_idle=flow_idle)
 
 
 def validate_positive(name: str, value: float, maximum: float | None = None) -> float:

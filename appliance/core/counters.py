@@ -158,6 +158,25 @@ class InterceptCounters:
     subscribers: int = gauge("subscriber connections now")
     keys_accepted: int = total("CURVE clients accepted")
     keys_refused: int = total("CURVE clients refused (key not authorized)")
+    # compare mode (issue 16): the answers' turns, assembled while a worker subscribes to turn topics
+    turn_segments: int = total("answer segments given to the turn assembler (compare mode)")
+    turns: int = total("answer turns the assembler ended (compare mode)")
+    turns_published: int = total("turns that went into at least one batch")
+    turn_batches: int = total("batches of turns published")
+    turns_no_subscriber: int = total("turns ended while no worker was subscribed to turns", "drop")
+    turns_unencodable: int = total("turns the wire encoder refused (not published)", "drop")
+    turns_incomplete: int = total("turns published with bytes missing (a hole or a short capture)")
+    turn_shard_counts: int = gauge("different worker counts subscribed to turns now")
+    turn_flows: int = gauge("connections the turn assembler tracks now")
+    turn_flows_created: int = total("connections the turn assembler started tracking")
+    turn_flows_evicted: int = total("live connections forgotten because compare_max_flows was reached "
+                                    "(their later turns are misnumbered)", "drop")
+    turn_flows_expired: int = total("connections forgotten after compare_flow_idle")
+    turn_gaps: int = total("holes in an answer's byte stream (lost or reordered segments)", "drop")
+    turn_short_captures: int = total("answer segments captured shorter than their payload", "drop")
+    turn_retransmitted_bytes: int = total("answer bytes seen again (retransmitted or overlapping)")
+    turn_late_data: int = total("new answer bytes carrying an older ACK than their turn's (reordering)")
+    turn_after_close: int = total("answer segments after the connection's FIN or RST")
 
 
 @dataclass(slots=True, kw_only=True)

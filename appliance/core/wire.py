@@ -27,9 +27,12 @@ ZeroMQ matches subscriptions on the topic, so each rewrite worker receives only 
     topic  b"R" | shards (u16) | shard (u16)     body: a batch of response headers of the clients
                                                   that `flowkey.shard_of(ip, port, shards)` gives `shard`
     topic  b"I"                                   body: interceptd's stats frame (JSON), once a second
+    topic  b"T" | shards (u16) | shard (u16)     body: compare mode only, a batch of the target's answer
+                                                  turns of that shard's clients (see the end of this module)
 
 interceptd learns from the subscriptions which shard counts are in use (online hosts may run
 different numbers of workers) and splits every batch for each of them; `batch seq` counts per topic.
+Header topics and turn topics are counted apart: a worker comparing answers subscribes to both.
 """
 
 from __future__ import annotations
@@ -129,7 +132,12 @@ def decode_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[tuple[int
     """Split a batch frame into (header, [(ts_ns, packet view)]). Raises WireError."""
     view = memoryview(frame)
     header = decode_batch_header(view)
-    count = header.count
+    return header, _records(view, header.count, MAX_RECORD_BYTES)
+
+
+def _records(view: memoryview, count: int, max_record: int) -> list[tuple[int, memoryview]]:
+    """The record walker of every batch kind: `count` records after the batch header, each at most
+    `max_record` bytes, exactly filling the frame. [(ts_ns, record view)]; raises WireError."""
     records: list[tuple[int, memoryview]] = []
     at = BATCH_HEADER.size
     end = len(view)
@@ -138,13 +146,13 @@ def decode_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[tuple[int
             raise WireError("batch truncated in a record header")
         ts_ns, length = RECORD_HEADER.unpack_from(view, at)
         at += RECORD_HEADER.size
-        if length > MAX_RECORD_BYTES or at + length > end:
+        if length > max_record or at + length > end:
             raise WireError(f"record length {length} runs past the frame")
         records.append((ts_ns, view[at:at + length]))
         at += length
     if at != end:
         raise WireError(f"{end - at} trailing bytes after {count} records")
-    return header, records
+    return records
 
 
 def iter_batch(frame: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
@@ -393,7 +401,7 @@ def decode_turn(body: bytes | memoryview) -> TurnRecord:
 
 def decode_turn_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[TurnRecord]]:
     """A KIND_TURNS batch into (header, turns). Raises WireError. (decode_batch accepts only the
-    segment and response kinds, so the record walk is done here for this kind.)"""
+    segment and response kinds: a worker without compare mode never mistakes turns for headers.)"""
     view = memoryview(frame)
     if len(view) < BATCH_HEADER.size:
         raise WireError(f"turn batch too short: {len(view)} bytes")
@@ -402,20 +410,7 @@ def decode_turn_batch(frame: bytes | memoryview) -> tuple[BatchHeader, list[Turn
         raise WireError(f"batch version/kind {version}/{kind}, expected {VERSION}/{KIND_TURNS}")
     if count > MAX_TURN_RECORDS:
         raise WireError(f"turn batch of {count} records, at most {MAX_TURN_RECORDS}")
-    turns: list[TurnRecord] = []
-    at = BATCH_HEADER.size
-    end = len(view)
-    for _ in range(count):
-        if at + RECORD_HEADER.size > end:
-            raise WireError("turn batch truncated in a record header")
-        _, length = RECORD_HEADER.unpack_from(view, at)
-        at += RECORD_HEADER.size
-        if length > MAX_TURN_RECORD or at + length > end:
-            raise WireError(f"turn record length {length} runs past the frame")
-        turns.append(decode_turn(view[at:at + length]))
-        at += length
-    if at != end:
-        raise WireError(f"{end - at} trailing bytes after {count} turn records")
+    turns = [decode_turn(record) for _, record in _records(view, count, MAX_TURN_RECORD)]
     return BatchHeader(kind, count, source, seq), turns
 
 

@@ -18,7 +18,8 @@ from appliance.host.privileges import has_net_capabilities
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interceptd", description="Return the target's answer headers to tcpcopyd.")
+    p = argparse.ArgumentParser(prog="interceptd", description="Return the target's answer headers (in compare "
+                                "mode also its answer turns) to tcpcopyd.")
     p.add_argument("--config", metavar="FILE", default=os.environ.get("INTERCEPTD_CONFIG"),
                    help="TOML configuration file (flags override it)")
     add_setting_flags(p, INTERCEPT)

@@ -1,10 +1,14 @@
 """interceptd's split of the target's answers into one batch per rewrite worker.
 
-Runs in interceptd. Sans-io: subscription messages and answer headers in, (topic, frame) pairs
-out. Every tcpcopyd worker subscribes to its own shard topic (`wire.shard_topic`); the shard
-counts those topics name are the ones in use, and each answer goes into the batch of the shard
-that `flowkey.shard_of` gives its destination (the client) for every count in use, so each
-worker receives only what it owns, and one message per batch instead of one per worker.
+Runs in interceptd. Sans-io: subscription messages and records in, (topic, frame) pairs out.
+Every tcpcopyd worker subscribes to its own shard topic (`wire.shard_topic`); the shard counts
+those topics name are the ones in use, and each answer goes into the batch of the shard that
+`flowkey.shard_of` gives its destination (the client) for every count in use, so each worker
+receives only what it owns, and one message per batch instead of one per worker.
+
+One splitter per family of topics: the answers' headers (b"R" topics, KIND_RESPONSES batches), and
+in compare mode the answers' turns (b"T" topics, KIND_TURNS batches, `wire.turn_topic`), which only
+workers comparing answers subscribe to; each family learns its shard counts from its own topics.
 
 A shard count holds one of MAX_SHARD_COUNTS slots (its batch builders) while any topic of it is
 subscribed: XPUB hands over the end of a topic's last subscription (an unsubscribe, or the
@@ -19,17 +23,26 @@ from appliance.core.flowkey import shard_of
 MAX_SHARDS = 1024            # a subscription naming more workers than this is refused (memory bound)
 MAX_SHARD_COUNTS = 16        # different worker counts subscribed at once (one per online host config)
 
+# batch kind -> (its topic, the topic's parser)
+FAMILIES = {
+    wire.KIND_RESPONSES: (wire.shard_topic, wire.parse_shard_topic),
+    wire.KIND_TURNS: (wire.turn_topic, wire.parse_turn_topic),
+}
+
 
 class ShardSplitter:
-    """Subscriptions in, batches out. `published` counts headers that went into at least one batch,
-    `unsubscribed` those captured while no worker was subscribed (nobody to hand them to)."""
+    """Subscriptions in, batches out, for the topics of one batch kind (headers by default). `published`
+    counts records that went into at least one batch, `unsubscribed` those added while no worker was
+    subscribed (nobody to hand them to)."""
 
-    def __init__(self, source: int) -> None:
+    def __init__(self, source: int, kind: int = wire.KIND_RESPONSES) -> None:
         self.source = source
+        self.kind = kind
+        self._topic, self._parse = FAMILIES[kind]
         self.topics: set[bytes] = set()
         self.counts: tuple[int, ...] = ()          # shard counts with a subscribed topic
         self._builders: dict[int, list[wire.BatchBuilder]] = {}
-        self.pending = 0                           # headers added since the last take
+        self.pending = 0                           # records added since the last take
         self.published = 0
         self.unsubscribed = 0
         self.refused_subscriptions = 0
@@ -43,7 +56,7 @@ class ShardSplitter:
         topic = message[1:]
         if topic == wire.STATS_TOPIC:
             return
-        parsed = wire.parse_shard_topic(topic)
+        parsed = self._parse(topic)
         if parsed is None or parsed[0] > MAX_SHARDS:
             self.refused_subscriptions += 1
             return
@@ -52,17 +65,18 @@ class ShardSplitter:
                 self.refused_subscriptions += 1
                 return
             self.topics.add(topic)
-            self._builders.setdefault(parsed[0], [wire.BatchBuilder(wire.KIND_RESPONSES, self.source)
+            self._builders.setdefault(parsed[0], [wire.BatchBuilder(self.kind, self.source)
                                                   for _ in range(parsed[0])])
         else:
             self.topics.discard(topic)
-        self.counts = tuple(sorted({wire.parse_shard_topic(t)[0] for t in self.topics}))  # type: ignore[index]
+        self.counts = tuple(sorted({self._parse(t)[0] for t in self.topics}))  # type: ignore[index]
         if message[0] == 0 and parsed[0] not in self.counts:
-            # its last subscriber left: free the slot (headers still in its batches had nobody to go to)
+            # its last subscriber left: free the slot (records still in its batches had nobody to go to)
             self._builders.pop(parsed[0], None)
 
-    def add(self, ts_ns: int, header: memoryview, client_ip: int, client_port: int) -> None:
-        """One answer's IP+TCP header; (client_ip, client_port) is its destination."""
+    def add(self, ts_ns: int, header: bytes | memoryview, client_ip: int, client_port: int) -> None:
+        """One record (an answer's IP+TCP header, or a turn); (client_ip, client_port) is the
+        answer's destination."""
         if not self.counts:
             self.unsubscribed += 1
             return
@@ -71,14 +85,14 @@ class ShardSplitter:
         self.pending += 1
 
     def take(self) -> list[tuple[bytes, bytes]]:
-        """(topic, batch frame) of every shard that has headers; the batches start anew."""
+        """(topic, batch frame) of every shard that has records; the batches start anew."""
         out = []
         for count, builders in self._builders.items():
             for shard, builder in enumerate(builders):
                 if builder.count:
                     frame = builder.take()
                     if count in self.counts:       # else its last subscriber left while it filled
-                        out.append((wire.shard_topic(count, shard), frame))
+                        out.append((self._topic(count, shard), frame))
         self.published += self.pending
         self.pending = 0
         return out

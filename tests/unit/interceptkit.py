@@ -1,9 +1,11 @@
 """Frames as interceptd captures them, written to pcap files that pypcap replays into the very
-callback interceptd's live capture uses (`Intercept.feed_file`); a stand-in capture for interceptd's
-loop (`FakeCapture`); one ZeroMQ context per test whose sockets are all closed (`ZmqKit`)."""
+callback interceptd's live capture uses (`Intercept.feed_file`); the target's side of whole
+connections for compare mode (`conversation`, `expected_turns`); a stand-in capture for
+interceptd's loop (`FakeCapture`); one ZeroMQ context per test whose sockets are all closed (`ZmqKit`)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -14,18 +16,57 @@ from collections.abc import Callable
 import dpkt
 import zmq
 
-from appliance.config.loader import InterceptConfig
+from appliance.compare.turns import AssemblerSpec
+from appliance.config.loader import WHOLE_SNAPLEN, InterceptConfig
 from appliance.core import wire
-from appliance.core.packet import ACK, DLT_EN10MB, DLT_RAW, build_ipv4_tcp
+from appliance.core.packet import ACK, DLT_EN10MB, DLT_RAW, FIN, PSH, SYN, build_ipv4_tcp
 from appliance.interceptd.daemon import Intercept
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 TARGET, CLIENT = 0xC6120003, 0xC6120001
 
 
-def answer(i: int = 0, options: bytes = b"\x01\x01\x08\x0a" + b"\x00" * 8, payload: bytes = b"ok") -> bytes:
+def answer(i: int = 0, options: bytes = b"\x01\x01\x08\x0a" + b"\x00" * 8, payload: bytes = b"ok", *,
+           seq: int | None = None, ack: int = 2000, flags: int = ACK) -> bytes:
     """An IPv4/TCP answer of the target to client port 40000 + i."""
-    return build_ipv4_tcp(TARGET, CLIENT, 8080, 40000 + i, 1000 + i, 2000, ACK, 512, options, payload)
+    return build_ipv4_tcp(TARGET, CLIENT, 8080, 40000 + i, 1000 + i if seq is None else seq, ack, flags, 512,
+                          options, payload)
+
+
+REQUEST = 100                     # bytes of each request in a conversation
+SERVER_ISN, CLIENT_ISN = 9000, 5000
+
+
+def conversation(i: int, answers: list[bytes], mss: int = 1000, fin: bool = True) -> list[bytes]:
+    """The target's packets on the connection of client port 40000 + i: its SYN-ACK, then each
+    answer (to a request of REQUEST bytes, so the ACK moves before each) in `mss` segments, then
+    its FIN. The assembler ends answer n when answer n+1 (or the FIN) arrives."""
+    seq, ack = SERVER_ISN, CLIENT_ISN + 1
+    out = [answer(i, b"", b"", seq=seq, ack=ack, flags=SYN | ACK)]
+    seq += 1
+    for data in answers:
+        ack += REQUEST
+        for at in range(0, len(data), mss):
+            out.append(answer(i, b"", data[at:at + mss], seq=seq, ack=ack, flags=ACK | PSH))
+            seq += len(data[at:at + mss])
+    if fin:
+        out.append(answer(i, b"", b"", seq=seq, ack=ack, flags=FIN | ACK))
+    return out
+
+
+def expected_turns(i: int, answers: list[bytes], head_bytes: int = 512) -> list[tuple[object, ...]]:
+    """What the turns of `conversation(i, answers)` say of the answers' bytes, as `turn_facts` gives it."""
+    return [((TARGET, 8080, CLIENT, 40000 + i), n, REQUEST * (n + 1), len(data), digest(data), data[:head_bytes])
+            for n, data in enumerate(answers)]
+
+
+def turn_facts(turn: wire.TurnRecord) -> tuple[object, ...]:
+    """(flow, index, request offset, length, digest of the whole answer, head) of a non-HTTP turn."""
+    return (turn.flow, turn.index, turn.request_offset, turn.length, turn.digest, turn.head)
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=wire.TURN_DIGEST_SIZE).digest()
 
 
 def with_data_offset(ip: bytes, words: int) -> bytes:
@@ -41,12 +82,22 @@ def pcap_bytes(frames: list[bytes], linktype: int = DLT_EN10MB) -> bytes:
     return out.getvalue()
 
 
-def interceptd(*shard_counts: int) -> Intercept:
-    """An interceptd (nothing opened) whose splitter has every shard of each count subscribed."""
-    ic = Intercept(InterceptConfig(interfaces=("lo",), bpf="tcp"))
+def compare_config(spec: AssemblerSpec | None = None) -> InterceptConfig:
+    """interceptd's configuration in compare mode, as intercept_config makes it."""
+    return InterceptConfig(interfaces=("lo",), bpf="tcp", snaplen=WHOLE_SNAPLEN, compare=spec or AssemblerSpec())
+
+
+def interceptd(*shard_counts: int, compare: AssemblerSpec | None = None, turn_counts: tuple[int, ...] = ()
+               ) -> Intercept:
+    """An interceptd (nothing opened) whose splitter has every shard of each count subscribed, in
+    compare mode with `compare` (then its turn feed has every shard of each of `turn_counts`)."""
+    ic = Intercept(compare_config(compare) if compare else InterceptConfig(interfaces=("lo",), bpf="tcp"))
     for count in shard_counts:
         for shard in range(count):
-            ic.split.subscription(b"\x01" + wire.shard_topic(count, shard))
+            ic.subscription(b"\x01" + wire.shard_topic(count, shard))
+    for count in turn_counts:
+        for shard in range(count):
+            ic.subscription(b"\x01" + wire.turn_topic(count, shard))
     return ic
 
 
@@ -66,10 +117,11 @@ class FakeCapture:
     `dispatch` hands them to the callback as libpcap does, and `fileno` is readable exactly while
     frames wait, so the loop's poll and its COALESCE select see them."""
 
-    def __init__(self, linktype: int = DLT_RAW) -> None:
+    def __init__(self, linktype: int = DLT_RAW, clock: Callable[[], int] = time.time_ns) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         self.linktype = linktype
+        self.clock = clock
         self.frames: deque[bytes] = deque()
         self.delivered = 0
 
@@ -87,7 +139,7 @@ class FakeCapture:
     def dispatch(self, cnt: int, callback: Callable[..., None], *args: object) -> int:
         n = 0
         while self.frames and (cnt <= 0 or n < cnt):
-            callback(time.time_ns(), self.frames.popleft(), *args)
+            callback(self.clock(), self.frames.popleft(), *args)
             n += 1
         if not self.frames:
             try:
@@ -137,5 +189,6 @@ def wait_for(what: Callable[[], bool], turn: Callable[[float], object], timeout:
         turn(left)
 
 
-__all__ = ["CLIENT", "DLT_EN10MB", "DLT_RAW", "ETH", "TARGET", "FakeCapture", "ZmqKit", "answer", "feed", "interceptd",
-           "pcap_bytes", "wait_for", "with_data_offset"]
+__all__ = ["CLIENT", "CLIENT_ISN", "DLT_EN10MB", "DLT_RAW", "ETH", "REQUEST", "SERVER_ISN", "TARGET", "FakeCapture",
+           "ZmqKit", "answer", "compare_config", "conversation", "digest", "expected_turns", "feed", "interceptd",
+           "pcap_bytes", "turn_facts", "wait_for", "with_data_offset"]

@@ -173,3 +173,13 @@ def test_turn_topics() -> None:
     assert parse_shard_topic(topic) is None and parse_turn_topic(wire.shard_topic(4, 3)) is None
     assert parse_turn_topic(b"T\x00\x02\x00\x02") is None and parse_turn_topic(b"T") is None
     assert wire.MAX_TURN_MESSAGE <= wire.MAX_RESPONSE_MESSAGE    # a worker's SUB limit covers turn batches
+
+
+def test_a_workers_sub_socket_takes_the_largest_turn_batch() -> None:
+    """A worker's SUB to interceptd refuses messages over MAX_RESPONSE_MESSAGE (ZMQ_MAXMSGSIZE): the
+    largest valid turn batch fits, so subscribing to turns needs no other limit."""
+    assert wire.MAX_TURN_MESSAGE <= wire.MAX_RESPONSE_MESSAGE
+    turn = dataclasses.replace(_turns()[1], head=bytes(MAX_TURN_HEAD), length=10**6)
+    frame = _batch([turn] * MAX_TURN_RECORDS)
+    assert len(frame) == wire.MAX_TURN_MESSAGE
+    assert len(decode_turn_batch(frame)[1]) == MAX_TURN_RECORDS

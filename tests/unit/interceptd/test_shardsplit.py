@@ -137,3 +137,25 @@ def test_slots_are_freed_by_real_xpub_unsubscriptions():
         for sock in subs + [pub]:
             sock.close(linger=0)
         ctx.term()
+
+
+# ---- compare mode: a splitter of turn topics (issue 16) -----------------------------------------
+def test_a_turn_splitter_takes_turn_topics_only_and_makes_turn_batches():
+    split = ShardSplitter(7, wire.KIND_TURNS)
+    split.subscription(b"\x01" + wire.shard_topic(2, 0))          # a header topic is not its family
+    assert split.refused_subscriptions == 1 and split.counts == ()
+    for k in range(2):
+        split.subscription(b"\x01" + wire.turn_topic(2, k))
+    assert split.counts == (2,)
+    for i, (ip, port) in enumerate(CLIENTS[:20]):
+        split.add(i, b"turn %d" % i, ip, port)
+    frames = split.take()
+    assert {topic for topic, _ in frames} <= {wire.turn_topic(2, 0), wire.turn_topic(2, 1)}
+    for topic, frame in frames:
+        header = wire.decode_batch_header(frame[:1] + bytes([wire.KIND_RESPONSES]) + frame[2:])
+        assert frame[1] == wire.KIND_TURNS and header.source == 7 and header.seq == 0
+        shard = wire.parse_turn_topic(topic)[1]                     # type: ignore[index]
+        assert header.count == sum(1 for ip, port in CLIENTS[:20] if shard_of(ip, port, 2) == shard)
+    header_split = ShardSplitter(7)
+    header_split.subscription(b"\x01" + wire.turn_topic(2, 0))      # and the other way round
+    assert header_split.refused_subscriptions == 1 and header_split.counts == ()
