@@ -17,7 +17,7 @@ import psutil
 
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig
-from appliance.tcpcopyctl.cli import format_status
+from appliance.tcpcopyctl.cli import compare_line, format_status
 
 
 def _pids(rig: ReplicationRig) -> dict[str, int]:
@@ -47,7 +47,8 @@ def run_demo(prefix: str = "tcl", duration: float = 20.0, offloads: bool = True)
     work = Path(tempfile.mkdtemp(prefix="tcpcopy-demo-"))
     print(f"lab {prefix}: client {ADDR['client']}  online {ADDR['online']}  target {ADDR['target']}  "
           f"assistant {ADDR['assistant']}  (offloads {'on' if offloads else 'off'}; logs in {work})")
-    rig = ReplicationRig(lab, work)
+    # compare mode on: the demo ends with the comparison of the target's answers with production's
+    rig = ReplicationRig(lab, work, tcpcopyd_args=("--compare", "true"), intercept_args=("--compare", "true"))
     try:
         lab.down()
         lab.up(offloads=offloads)
@@ -94,6 +95,8 @@ def run_demo(prefix: str = "tcl", duration: float = 20.0, offloads: bool = True)
         for name in sorted(cpu1):
             if name in cpu0:
                 print(f"  {name:<28} {100 * (cpu1[name] - cpu0[name]) / (t1 - t0):6.1f} %")
+        compared = (rig.status() or final or {}).get("totals", {}).get("rewrite", {}).get("compare", {})
+        print(compare_line(compared))
         return 0 if c.completeness_pct >= 100.0 else 1
     finally:
         rig.close()

@@ -38,7 +38,7 @@ MAX_INSTANCES_KEPT = 1024    # instance ids remembered (restarts, batch numbers)
 # bounds of an interceptd's report as kept (64 of them ride in a worker's heartbeat: about 200 KiB at most)
 MAX_FILTER_CHARS = 1024
 MAX_TURNS_WAITING = 65536     # turns received, not yet taken by the worker; more are counted, dropped
-MAX_COUNTERS_KEPT = 32       # interceptd reports 14
+MAX_COUNTERS_KEPT = 64       # interceptd reports 30 (compare mode included)
 MAX_COUNTER_VALUE = (1 << 63) - 1
 INSTANCE = re.compile(r"[0-9a-f]{1,16}")
 COUNTER_NAME = re.compile(r"[a-z0-9_]{1,48}")

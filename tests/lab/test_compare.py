@@ -21,7 +21,7 @@ from appliance.lab.rig import ReplicationRig
 from appliance.tcpcopyctl.cli import call
 
 pytestmark = pytest.mark.lab
-COMPARE = ("--compare",)
+COMPARE = ("--compare", "true")
 
 # keep-alive connections alternating /x and /y?n=...: 10 connections x 10 requests, half of them /x
 CLIENT = """
@@ -64,7 +64,10 @@ def _diff(rig: ReplicationRig) -> dict[str, Any]:
 
 
 def test_identical_services_compare_equal(rig_factory):
-    rig = rig_factory(tcpcopyd_args=COMPARE, intercept_args=COMPARE)
+    """Same service on both hosts: every answer equal. Latency is judged only beyond 0.5 s here: on
+    two shared cores the target's Python service now and then answers a burst of short connections
+    15 ms late, a real difference of the lab, not of the answers (the slow-target test judges it)."""
+    rig = rig_factory(tcpcopyd_args=(*COMPARE, "--compare-latency-floor", "500"), intercept_args=COMPARE)
     rig.start()
     done = rig.lab.run("client", [sys.executable, "-m", "appliance.lab.load", "--server", f"{ADDR['online']}:8080",
                                   "mix", "--short", "100", "--keepalive", "10", "--per-conn", "20"], timeout=120)
