@@ -88,13 +88,13 @@ class NoReplicator:
 class Tcpcopyd:
     """tcpcopyd on the online host and interceptd on the assistant, through the lab's rig."""
 
-    name = "tcpcopyd"
-
-    def __init__(self, rig: ReplicationRig, base_args: tuple[str, ...]) -> None:
-        self.rig, self.base_args = rig, base_args
+    def __init__(self, rig: ReplicationRig, base_args: tuple[str, ...], *, intercept_args: tuple[str, ...] = (),
+                 name: str = "tcpcopyd") -> None:
+        self.rig, self.base_args, self.intercept_args, self.name = rig, base_args, intercept_args, name
 
     def start(self, pool: int) -> None:
         self.rig.tcpcopyd_args = (*self.base_args, "-c", f"198.18.{pool}.0/24")
+        self.rig.intercept_args = self.intercept_args
         self.rig.start_interceptd()
         self.rig.start_tcpcopyd()
         if not self.rig.wait_for_subscriptions(10.0):
@@ -113,6 +113,7 @@ class Tcpcopyd:
         self.rig.stop("interceptd")
         rewrite = status.get("totals", {}).get("rewrite", {})
         return {"sessions_shed": rewrite.get("sessions_shed", 0), "funnel": status.get("funnel", {}),
+                "compare": rewrite.get("compare", {}),
                 "rewrite": {k: rewrite.get(k, 0) for k in ENGINE_COUNTERS},
                 "workers": sum(ch["role"] == "rewrite" for ch in status.get("children", []))}
 
@@ -120,6 +121,7 @@ class Tcpcopyd:
         """`tcpcopyd --offline --topspeed` of the file to its end (sessions done or the tail out),
         then `settle()` (the caller's wait for the target's log); CPU of both sides."""
         self.rig.tcpcopyd_args = (*self.base_args, "-c", f"198.18.{pool}.0/24")
+        self.rig.intercept_args = self.intercept_args
         self.rig.start_interceptd()
         icpt = tree(self.rig.procs["interceptd"].pid)
         ic0, ru0, started = snapshot(icpt), children_cpu(), time.time()

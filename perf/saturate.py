@@ -75,6 +75,7 @@ class Options:
     loads: tuple[str, ...] = LOADS
     offline: bool = True
     baseline: bool = False
+    compare: bool = False            # also tcpcopyd+compare (compare mode on both daemons)
     wrk_capture_seconds: float = 2.0
     ab_capture_requests: int = 15000
 
@@ -103,6 +104,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                      help=f"wait at most this long for the target's log to go quiet (default {Options.settle_limit:g})")
     sat.add_argument("--baseline", action="store_true",
                      help="first run each live load with no replicator (what online serves alone)")
+    sat.add_argument("--compare-cost", action="store_true",
+                     help="also run tcpcopyd and interceptd with compare mode on through the same loads")
     sat.add_argument("--no-real-captures", action="store_true",
                      help="skip the offline replays of tcpdump captures of wrk and ab")
 
@@ -124,7 +127,7 @@ def options(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Options:
         ap.error("--saturate-seconds and --settle-limit must be > 0")
     return Options(seconds=args.saturate_seconds, settle_limit=args.settle_limit, original=args.original,
                    workers=args.workers, bindir=args.bindir, loads=loads, offline=not args.no_real_captures,
-                   baseline=args.baseline)
+                   baseline=args.baseline, compare=args.compare_cost)
 
 
 # ---- the access logs ------------------------------------------------------------------------------
@@ -345,6 +348,10 @@ def run(opts: Options, work: Path) -> dict[str, Any]:
     original = Original(lab, root, work / "original", PORT) if root else None
     repls: list[Replicator] = [NoReplicator()] if opts.baseline else []
     repls.append(Tcpcopyd(rig, ("--workers", opts.workers)))
+    if opts.compare:
+        # the same daemons with compare mode on (issue 16: what it costs), side by side in one run
+        on = ("--compare", "true")
+        repls.append(Tcpcopyd(rig, ("--workers", opts.workers, *on), intercept_args=on, name="tcpcopyd+compare"))
     if original is not None:
         repls.append(OriginalTcpcopy(original))
     out: dict[str, Any] = {"seconds": opts.seconds, "original": str(root) if root else None,
@@ -376,7 +383,7 @@ def _fmt(value: Any, spec: str = ",") -> str:
     return "-" if value is None else format(value, spec)
 
 
-LIVE_HEAD = (f"{'load':<31} {'replicator':<10} {'served/s':>8} {'online':>9} {'target':>9} {'final %':>7} "
+LIVE_HEAD = (f"{'load':<31} {'replicator':<16} {'served/s':>8} {'online':>9} {'target':>9} {'final %':>7} "
              f"{'at end %':>8} {'lag s':>6} {'quiet s':>7} {'us/req':>7} {'online':>7} {'assist':>7} "
              f"{'busy %':>6} {'irq %':>5} {'other %':>7} {'shed':>7}")
 
@@ -384,7 +391,7 @@ LIVE_HEAD = (f"{'load':<31} {'replicator':<10} {'served/s':>8} {'online':>9} {'t
 def print_live_row(r: dict[str, Any], file: TextIO = sys.stdout) -> None:
     us = r["us_per_request"]
     quiet = _fmt(r["settled_after_s"]) if r["settled_after_s"] is not None else f">{r['settle_limit_s']:g}"
-    print(f"{LOAD_LABELS[r['load']]:<31} {r['replicator']:<10} {r['online_rate']:>8,} {r['online_requests']:>9,} "
+    print(f"{LOAD_LABELS[r['load']]:<31} {r['replicator']:<16} {r['online_rate']:>8,} {r['online_requests']:>9,} "
           f"{r['target_requests']:>9,} {r['completeness_pct']:>7} {r['at_load_end_pct']:>8} {_fmt(r['lag_s']):>6} "
           f"{quiet:>7} {_fmt(r['us_per_request_total']):>7} {_fmt(us.get('online')):>7} "
           f"{_fmt(us.get('assistant')):>7} {r['machine_busy_pct']:>6} {r['interrupts_pct']:>5} {r['other_pct']:>7} "
@@ -403,12 +410,12 @@ def print_tables(out: dict[str, Any]) -> None:
               "the original's offline build -a 1000); req/s: over the span from the target's first to its last "
               "request; 99 % s: when 99 % of them had come; from start: req/s counted from the replay's launch; "
               "us/req: CPU of both sides per request received")
-        print(f"{'capture':<37} {'packets':>8} {'requests':>8}  {'replicator':<10} {'target':>8} {'%':>7} "
+        print(f"{'capture':<37} {'packets':>8} {'requests':>8}  {'replicator':<16} {'target':>8} {'%':>7} "
               f"{'req/s':>7} {'span s':>6} {'99 % s':>6} {'from start':>10} {'us/req':>7}")
         captures = {c["name"]: c for c in out["captures"]}
         for r in out["offline"]:
             c = captures[r["capture"]]
-            print(f"{c['label']:<37} {c['packets']:>8,} {c['online_requests']:>8,}  {r['replicator']:<10} "
+            print(f"{c['label']:<37} {c['packets']:>8,} {c['online_requests']:>8,}  {r['replicator']:<16} "
                   f"{r['target_requests']:>8,} {r['completeness_pct']:>7} {_fmt(r['rate']):>7} {r['span_s']:>6} "
                   f"{r['t99_s']:>6} {_fmt(r['rate_from_start']):>10} {_fmt(r['us_per_request_total']):>7}")
     print("final %: target/online requests once the target's log was quiet 2 s; at end %: the target's by "
