@@ -300,8 +300,9 @@ def tcp_flags_of(ip: bytes | memoryview) -> int | None:
 def tcp_headers_of(ip: memoryview) -> memoryview | None:
     """The IP and TCP headers (with options) of a captured packet, as a view (interceptd keeps only
     these of each answer); None when the bytes are not one whole IPv4/TCP header. What it returns
-    always passes parse_ipv4_tcp, which the rewrite worker applies: version 4, IHL and data offset at least 5 words, TCP, no fragment,
-    both headers captured, the IP total length (0 from an offloading NIC) covering them."""
+    always passes parse_ipv4_tcp, which the rewrite worker applies: version 4, IHL and data offset at
+    least 5 words, TCP, no fragment, both headers captured, the IP total length (0 from an offloading
+    NIC) covering them."""
     n = len(ip)
     if n < 40 or ip[0] >> 4 != 4 or ip[9] != 6 or ((ip[6] << 8) | ip[7]) & 0x3FFF:
         return None
