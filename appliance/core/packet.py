@@ -11,41 +11,42 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 # TCP flag bits
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-PSH = 0x08
-ACK = 0x10
-URG = 0x20
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
 
 # TCP option kinds
-OPT_EOL = 0
-OPT_NOP = 1
-OPT_MSS = 2
-OPT_WSCALE = 3
-OPT_SACK_OK = 4
-OPT_TIMESTAMP = 8
+OPT_EOL: Final = 0
+OPT_NOP: Final = 1
+OPT_MSS: Final = 2
+OPT_WSCALE: Final = 3
+OPT_SACK_OK: Final = 4
+OPT_TIMESTAMP: Final = 8
 
-IPV4_HEADER_INT = struct.Struct("!BBHHHBBHII")           # addresses as 32-bit ints
-IPV4_TCP_HEADER = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # both headers, no IP options
-TCP_HEADER = struct.Struct("!HHIIBBHHH")
-_U32 = struct.Struct("!I")
-_TS_OPTION = struct.Struct("!BBII")
+IPV4_HEADER_INT: Final = struct.Struct("!BBHHHBBHII")           # addresses as 32-bit ints
+IPV4_TCP_HEADER: Final = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # both headers, no IP options
+TCP_HEADER: Final = struct.Struct("!HHIIBBHHH")
+_U32: Final = struct.Struct("!I")
+_TS_OPTION: Final = struct.Struct("!BBII")
 
-MIN_IP_HEADER = 20
-MIN_TCP_HEADER = 20
-SEQ_MOD = 1 << 32
+MIN_IP_HEADER: Final = 20
+MIN_TCP_HEADER: Final = 20
+SEQ_MOD: Final = 1 << 32
 
 # Link types seen by capture (libpcap DLT values)
-DLT_EN10MB = 1
-DLT_RAW = 12
-DLT_LINUX_SLL = 113
-DLT_RAW_ALT = 101
-DLT_LINUX_SLL2 = 276
-ETH_P_IP = 0x0800
-ETH_P_8021Q = 0x8100
+DLT_EN10MB: Final = 1
+DLT_RAW: Final = 12
+DLT_LINUX_SLL: Final = 113
+DLT_RAW_ALT: Final = 101
+DLT_LINUX_SLL2: Final = 276
+ETH_P_IP: Final = 0x0800
+ETH_P_8021Q: Final = 0x8100
 
 
 class MalformedPacket(ValueError):

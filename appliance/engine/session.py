@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Final
 
 from appliance.core.packet import (
     ACK,
@@ -39,7 +40,7 @@ Rekey = Callable[["Session"], None]   # the table moves a session to another cli
 
 # The receive window a RST is challenged in: what our forged window could mean at the largest scale
 # the client's SYN may have offered (65535 << 14); a RST outside it is ignored outright.
-RST_WINDOW = 65535 << 14
+RST_WINDOW: Final = 65535 << 14
 
 
 class Session(Transmitter):

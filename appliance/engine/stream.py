@@ -13,17 +13,18 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Final
 
 from appliance.core.packet import FIN, seq_diff, seq_le, seq_lt
 from appliance.engine.params import EngineCounters
 
-INF = float("inf")
+INF: Final = float("inf")
 
 # Most tracked sessions are idle: their queues are empty. An empty deque costs ~600 bytes and an
 # empty dict 64, so an empty queue is this shared tuple and an empty `ooo` this read-only mapping;
 # the real containers are made when something is queued and dropped when they empty again.
-NO_CHUNKS: tuple[()] = ()
-NO_OOO: Mapping[int, Chunk] = MappingProxyType({})
+NO_CHUNKS: Final[tuple[()]] = ()
+NO_OOO: Final[Mapping[int, Chunk]] = MappingProxyType({})
 
 
 def queued(queue: deque[Chunk] | tuple[Chunk, ...], chunk: Chunk) -> deque[Chunk]:
