@@ -2,7 +2,13 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.setup-done
+# The hot path is compiled with mypyc (setup.py; appliance/core/buildinfo.py lists the modules) unless
+# TCPCOPY_NO_COMPILE is set (not 0). An editable install puts the compiled modules beside their .py files
+# and they win on import: the stamp names the build mode and depends on every compiled source, so
+# `make setup` rebuilds after an edit to one of them, or when the mode changes.
+BUILD_MODE := $(if $(filter-out 0,$(TCPCOPY_NO_COMPILE)),interpreted,compiled)
+STAMP := $(VENV)/.setup-done-$(BUILD_MODE)
+COMPILED_SOURCES := $(shell sed -n 's/^    "\(appliance\/[^"]*\.py\)",$$/\1/p' appliance/core/buildinfo.py)
 # gcc and python3-dev: pypcap ships no Linux wheel, pip builds it against libpcap-dev.
 # nginx-light, wrk, apache2-utils (ab): the real-tool lab tests (tests/lab/test_real_tools.py) and
 # make perf run their own nginx inside the lab; Debian's nginx service is never started (see below).
@@ -43,9 +49,12 @@ define nginx_service_off
 fi
 endef
 
-$(STAMP): pyproject.toml
+# gcc and python3-dev (APT_PACKAGES) compile the hot path; the build takes setuptools and mypy (mypyc) from
+# PyPI, as pyproject.toml's build-system pins them
+$(STAMP): pyproject.toml setup.py $(COMPILED_SOURCES)
 	$(call apt_ensure,$(APT_PACKAGES),setup)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	rm -f $(VENV)/.setup-done*
 	$(VENV)/bin/pip install -e '.[test]'
 	touch $@
 
@@ -59,7 +68,7 @@ MYPY_STRICT := appliance/core appliance/config appliance/engine \
 	appliance/compare appliance/tcpcopyd/lifecycle.py appliance/tcpcopyd/status.py appliance/tcpcopyd/handlers.py \
 	appliance/tcpcopyd/policy.py appliance/tcpcopyd/answers.py appliance/interceptd/shardsplit.py
 lint: setup
-	$(VENV)/bin/ruff check appliance workers bin perf tests
+	$(VENV)/bin/ruff check appliance workers bin perf tests setup.py
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)
 
 demo: setup

@@ -43,8 +43,9 @@ def _meta(kind: Kind, description: str, groups: tuple[Group, ...]) -> dict[str, 
     return {METADATA_KEY: CounterMeta(kind, frozenset(groups), description)}
 
 
-def total(description: str, *groups: Group) -> int:
-    """A field for an integer total."""
+def total(description: str, *groups: Group) -> Any:
+    """A field for an integer total. Typed Any, not int: the field object is the class attribute's
+    default, and mypyc (which compiles EngineCounters) checks a default typed int to be an int."""
     return field(default=0, metadata=_meta("total", description, groups))
 
 

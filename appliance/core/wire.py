@@ -214,8 +214,9 @@ def decode_json(frame: bytes, kind: int) -> dict[str, Any]:
     except WireError as exc:
         raise WireError(f"bad JSON frame: {exc}") from None
     # ValueError covers JSONDecodeError, UnicodeDecodeError and int() refusing too many digits
-    except (ValueError, RecursionError) as exc:
-        raise WireError(f"bad JSON frame: {str(exc)[:200]}") from None
+    # (another name than `exc` above: mypyc types an except variable by its first clause)
+    except (ValueError, RecursionError) as err:
+        raise WireError(f"bad JSON frame: {str(err)[:200]}") from None
     if not isinstance(obj, dict):
         raise WireError("JSON frame is not an object")
     _check_depth(obj)

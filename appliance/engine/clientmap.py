@@ -16,14 +16,15 @@ soon after its session ends.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from appliance.core.flowkey import shard_of
 
 Tuple4 = tuple[int, int, int, int]        # client ip, client port, target ip, target port
 Origin = tuple[int, int, int, int, int]   # captured client ip, port, target ip, port, copy number
 
-LOW_PORT = 1024
-HIGH_PORT = 32767                         # copies without a pool stay below Linux's ephemeral range
+LOW_PORT: Final = 1024
+HIGH_PORT: Final = 32767                  # copies without a pool stay below Linux's ephemeral range
 
 
 class ClientMap:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Final
 
 from appliance.core.packet import (
     ACK,
@@ -30,7 +31,7 @@ from appliance.core.packet import (
 )
 from appliance.engine.model import Emit, Key, State
 from appliance.engine.params import EngineCounters, EngineParams
-from appliance.engine.stream import INF, NO_CHUNKS, NO_OOO, Chunk, ClientStream
+from appliance.engine.stream import INF, NO_CHUNKS, Chunk, ClientStream
 from appliance.engine.transmit import Transmitter
 
 __all__ = ["INF", "Chunk", "Emit", "Key", "Session", "State"]
@@ -39,7 +40,7 @@ Rekey = Callable[["Session"], None]   # the table moves a session to another cli
 
 # The receive window a RST is challenged in: what our forged window could mean at the largest scale
 # the client's SYN may have offered (65535 << 14); a RST outside it is ignored outright.
-RST_WINDOW = 65535 << 14
+RST_WINDOW: Final = 65535 << 14
 
 
 class Session(Transmitter):
@@ -514,11 +515,10 @@ class Session(Transmitter):
                out: list[Emit], rekey: Rekey | None = None) -> Session:
         """The session `hibernate` packed, as it was."""
         values = _PACKED.unpack(packed)
-        sess = cls.__new__(cls)
-        stream = ClientStream.__new__(ClientStream)
-        sess.key, sess.p, sess.c, sess.out, sess.stream, sess.rekey = key, params, counters, out, stream, rekey
-        sess.inflight, sess.syn_options = NO_CHUNKS, b""
-        stream.c, stream.unsent, stream.ooo = counters, NO_CHUNKS, NO_OOO
+        # A new session (empty queues, no SYN options: the precondition), every packed value then set
+        # over it: a class compiled by mypyc cannot be made without its __init__.
+        sess = cls(key, params, counters, out, 0.0, rekey)
+        stream = sess.stream
         at = 0
         numbers: tuple[tuple[object, tuple[str, ...]], ...] = (
             (sess, _FLOATS), (stream, _STREAM_FLOATS), (sess, _INTS), (stream, _STREAM_INTS))

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from typing import Final
 
 from appliance.core.packet import ACK, RST, SYN, TcpSegment, seq_diff
 from appliance.engine.clientmap import ClientMap
 from appliance.engine.params import EngineCounters, EngineParams
 from appliance.engine.session import INF, Emit, Key, Session, State, packed_deadline
 
-MIN_TIMER_STEP = 0.0005    # seconds
+MIN_TIMER_STEP: Final = 0.0005    # seconds
 
 
 class SessionTable:

@@ -12,7 +12,9 @@ import os
 import sys
 from typing import Any
 
+from appliance.core.flowkey import shard_of
 from appliance.core.packet import ACK, SYN, TcpSegment, ip_to_int, timestamp_option
+from appliance.engine.clientmap import HIGH_PORT, LOW_PORT, ClientMap
 from appliance.engine.params import EngineParams
 from appliance.engine.session import Emit
 from appliance.engine.table import SessionTable
@@ -42,6 +44,15 @@ def target(seq: int, ack: int, flags: int, payload_len: int = 0, window: int = 6
 # what the engine sends for the playbooks' one connection, as `brief` shows it
 OUR_SYN = (SYN, C_ISN, 0, 0)                     # the client's SYN, replayed
 THIRD_ACK = (ACK, C_ISN + 1, T_ISN + 1, 0)       # ours, answering the target's SYN-ACK
+
+
+def without_spare_ports(ip: int = CLIENT) -> ClientMap:
+    """Clients that keep their own tuple (no pool, one copy) in a shard that owns none of `ip`'s spare
+    ports (1024-32767): `spare` finds none, as when every one is taken. (The engine may be compiled
+    with mypyc, so a test cannot patch `ClientMap.spare` on an instance.)"""
+    shards = 1 << 16
+    owned = {shard_of(ip, port, shards) for port in range(LOW_PORT, HIGH_PORT + 1)}
+    return ClientMap(next(s for s in range(shards) if s not in owned), shards)
 
 
 def ts(val: int, ecr: int) -> bytes:

@@ -22,6 +22,7 @@ from tests.unit.enginekit import (
     client,
     target,
     ts,
+    without_spare_ports,
 )
 
 # MSS 1460, SACK-perm, TS 777/0, NOP, WS 7: what a Linux client puts in its SYN
@@ -263,7 +264,7 @@ def test_new_syn_during_the_old_handshake_leaves_the_old_session_its_data():
 
 def test_without_a_spare_port_a_new_syn_on_an_open_port_resets_the_old_session():
     pb = Playbook()
-    pb.table.clients.spare = lambda *args: None                   # every spare tuple taken
+    pb.table.clients = without_spare_ports()                      # every spare tuple taken
     pb.establish()
     assert brief(pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"hello"))) == [(ACK | PSH, C_ISN + 1, T_ISN + 1, 5)]
     new_isn = 4_000_000
@@ -312,7 +313,7 @@ def test_third_ack_and_data_carry_timestamps_once_negotiated():
 
 def test_without_a_spare_port_a_new_syn_waits_for_a_closing_session_on_the_same_port():
     pb = Playbook()
-    pb.table.clients.spare = lambda *args: None
+    pb.table.clients = without_spare_ports()
     pb.establish()
     assert brief(pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))) == [(ACK | PSH, C_ISN + 1, T_ISN + 1, 5)]
     # the client had the answer (100 bytes) and closed; the replay's FIN waits for the target's answer
@@ -330,7 +331,7 @@ def test_without_a_spare_port_a_new_syn_waits_for_a_closing_session_on_the_same_
 
 def test_without_a_spare_port_a_closing_session_that_never_finishes_gives_way_after_reuse_wait():
     pb = Playbook(reuse_wait=2.0)
-    pb.table.clients.spare = lambda *args: None
+    pb.table.clients = without_spare_ports()
     pb.establish()
     assert brief(pb.cap(client(C_ISN + 1, O_ISN + 1, ACK | PSH, b"GET /"))) == [(ACK | PSH, C_ISN + 1, T_ISN + 1, 5)]
     pb.cap(client(C_ISN + 6, O_ISN + 101, ACK | FIN))
