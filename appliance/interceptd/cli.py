@@ -12,6 +12,7 @@ import sys
 from appliance import __version__
 from appliance.config.keys import INTERCEPT
 from appliance.config.loader import add_setting_flags, intercept_config, load
+from appliance.core.buildinfo import build_info
 from appliance.core.errors import EXIT_CONFIG, EXIT_NO_PERMISSION, ConfigError
 from appliance.core.logs import setup_logging
 from appliance.host.privileges import has_net_capabilities
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", default=os.environ.get("INTERCEPTD_CONFIG"),
                    help="TOML configuration file (flags override it)")
     add_setting_flags(p, INTERCEPT)
-    p.add_argument("-v", "--version", action="version", version=f"interceptd {__version__}")
+    p.add_argument("-v", "--version", action="version", version=f"interceptd {__version__} ({build_info()})")
     return p
 
 

@@ -16,6 +16,7 @@ import sys
 from appliance import __version__
 from appliance.config.keys import ONLINE
 from appliance.config.loader import add_setting_flags, load, online_config
+from appliance.core.buildinfo import build_info
 from appliance.core.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_PERMISSION, ConfigError
 from appliance.core.logs import setup_logging
 from appliance.host.privileges import has_net_capabilities
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--offline-tail", type=float, default=30.0, metavar="S",
                      help="seconds to wait for open sessions after the files end (default 30)")
     off.add_argument("--report-json", metavar="FILE", help="also write the final report, with every counter, as JSON")
-    p.add_argument("-v", "--version", action="version", version=f"tcpcopyd {__version__}")
+    p.add_argument("-v", "--version", action="version", version=f"tcpcopyd {__version__} ({build_info()})")
     return p
 
 

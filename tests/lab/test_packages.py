@@ -135,8 +135,9 @@ def test_installed_files_user_and_keys(installed):
 
 
 def test_installed_commands(installed):
-    assert _run("/usr/sbin/tcpcopyd", "--version").stdout.strip() == f"tcpcopyd {VERSION}"
-    assert _run("/usr/sbin/interceptd", "--version").stdout.strip() == f"interceptd {VERSION}"
+    # the packages ship the compiled hot path (mypyc), and say so
+    assert _run("/usr/sbin/tcpcopyd", "--version").stdout.strip() == f"tcpcopyd {VERSION} (compiled (mypyc))"
+    assert _run("/usr/sbin/interceptd", "--version").stdout.strip() == f"interceptd {VERSION} (compiled (mypyc))"
     empty = tempfile.mkdtemp(prefix="tcl-pkg-run-")
     try:
         status = _run("/usr/bin/tcpcopyctl", "--run-dir", empty, "status", check=False)
