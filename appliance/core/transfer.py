@@ -61,11 +61,17 @@ def capture_filter(transfers: tuple[Transfer, ...]) -> str:
     Our replicas leave this host addressed to target_ip:target_port; when the online port
     equals the target port they would otherwise match, so each term excludes them (G7).
     """
+    return _service_filter(transfers, "dst")
+
+
+def _service_filter(transfers: tuple[Transfer, ...], side: str) -> str:
+    """Segments whose `side` ("dst": to the service, "src": from it) is a transfer's online
+    service, never our own output to the target."""
     terms = []
     for t in transfers:
-        term = f"dst port {t.online_port}"
+        term = f"{side} port {t.online_port}"
         if t.online_ip:
-            term += f" and dst host {t.online_ip}"
+            term += f" and {side} host {t.online_ip}"
         term += f" and not (dst host {t.target_ip} and dst port {t.target_port})"
         terms.append(f"({term})")
     return "tcp and (" + " or ".join(terms) + ")"
@@ -73,14 +79,7 @@ def capture_filter(transfers: tuple[Transfer, ...]) -> str:
 
 def answer_filter(transfers: tuple[Transfer, ...]) -> str:
     """BPF for the online server's answers to its clients (compare mode), never our own output."""
-    terms = []
-    for t in transfers:
-        term = f"src port {t.online_port}"
-        if t.online_ip:
-            term += f" and src host {t.online_ip}"
-        term += f" and not (dst host {t.target_ip} and dst port {t.target_port})"
-        terms.append(f"({term})")
-    return "tcp and (" + " or ".join(terms) + ")"
+    return _service_filter(transfers, "src")
 
 
 class TransferMap:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from appliance.lab.netns import Lab
+from appliance.lab.postgres import PgCluster
 from appliance.lab.rig import ReplicationRig
 from tests.lab.support import Services, lab_unavailable_reason, unique_prefix
 
@@ -103,3 +104,20 @@ def rig_factory(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., ReplicationR
     finally:
         for rig in rigs:
             rig.close()
+
+
+@pytest.fixture
+def clusters(lab: Lab, tmp_path: Path) -> Iterator[tuple[PgCluster, PgCluster]]:
+    """PostgreSQL on the online and the target host, each with pgbench's tables (scale 1), history empty."""
+    online = PgCluster(lab, "online", Path("/tmp") / f"tcl-pg-online-{tmp_path.name}")
+    target = PgCluster(lab, "target", Path("/tmp") / f"tcl-pg-target-{tmp_path.name}")
+    try:
+        for pg in (online, target):
+            pg.init()
+            pg.start()
+            pg.client("pgbench", "-i", "-s", "1", "-q", "postgres", from_host="online")
+            pg.query("truncate pgbench_history", from_host="online")
+        yield online, target
+    finally:
+        online.stop()
+        target.stop()

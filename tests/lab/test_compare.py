@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from appliance.lab.netns import ADDR, Lab
-from appliance.lab.postgres import PG_PORT, PgCluster, pg_bindir
+from appliance.lab.postgres import PG_PORT, pg_bindir
 from appliance.lab.rig import ReplicationRig
 from appliance.tcpcopyctl.cli import call
 
@@ -111,16 +111,10 @@ def test_a_slower_target_shows_in_the_latency(rig_factory):
 
 
 @pytest.mark.skipif(pg_bindir() is None, reason="PostgreSQL server not installed")
-def test_pgbench_compares_per_turn_without_breaking_replication(lab, tmp_path):
-    online = PgCluster(lab, "online", Path("/tmp") / f"tcl-pgc-online-{tmp_path.name}")
-    target = PgCluster(lab, "target", Path("/tmp") / f"tcl-pgc-target-{tmp_path.name}")
+def test_pgbench_compares_per_turn_without_breaking_replication(lab, clusters, tmp_path):
+    online, target = clusters
     rig = ReplicationRig(lab, tmp_path / "rig", port=PG_PORT, tcpcopyd_args=COMPARE, intercept_args=COMPARE)
     try:
-        for pg in (online, target):
-            pg.init()
-            pg.start()
-            pg.client("pgbench", "-i", "-s", "1", "-q", "postgres", from_host="online")
-            pg.query("truncate pgbench_history", from_host="online")
         rig.start(services=False)
         run = online.client("pgbench", "-c", "4", "-T", "4", "-R", "40", "-n", "postgres", from_host="client",
                             timeout=60)
@@ -137,5 +131,3 @@ def test_pgbench_compares_per_turn_without_breaking_replication(lab, tmp_path):
         assert c["different_status"] == 0 and c["equal"] + c["different_body"] + c["different_size"] >= c["compared"]
     finally:
         rig.close()
-        online.stop()
-        target.stop()

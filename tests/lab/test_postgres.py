@@ -7,35 +7,15 @@ sessions. Ours holds every turn for the target's answer, so pgbench's history ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from appliance.lab.netns import Lab
-from appliance.lab.postgres import PG_PORT, PgCluster, pg_bindir
+from appliance.lab.postgres import PG_PORT, pg_bindir
 from appliance.lab.rig import ReplicationRig
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(pg_bindir() is None, reason="PostgreSQL server not installed")]
 
 HISTORY = "select count(*), coalesce(sum(delta), 0) from pgbench_history"
-
-
-@pytest.fixture
-def clusters(lab: Lab, tmp_path: Path) -> Iterator[tuple[PgCluster, PgCluster]]:
-    online = PgCluster(lab, "online", Path("/tmp") / f"tcl-pg-online-{tmp_path.name}")
-    target = PgCluster(lab, "target", Path("/tmp") / f"tcl-pg-target-{tmp_path.name}")
-    try:
-        for pg in (online, target):
-            pg.init()
-            pg.start()
-            pg.client("pgbench", "-i", "-s", "1", "-q", "postgres", from_host="online")
-            pg.query("truncate pgbench_history", from_host="online")
-        yield online, target
-    finally:
-        online.stop()
-        target.stop()
 
 
 def test_pgbench_replays_exactly_with_ssl_negotiation(lab, clusters, tmp_path):

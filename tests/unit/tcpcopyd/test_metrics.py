@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import threading
 import time
@@ -106,15 +105,6 @@ def test_connections_beyond_the_limit_are_refused(server):
 
 
 # ---- the supervisor's loop ------------------------------------------------------------------------
-@pytest.fixture
-def restored_signals() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    signal.set_wakeup_fd(-1)
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 def _wait(condition: Any, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -112,15 +111,6 @@ class Factory:
         child = FakeChild(name, self.bodies.get(name, self.bodies[role])(n), self.run_dir, self.log)
         self.children.append(child)
         return child
-
-
-@pytest.fixture
-def restored_signals() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    signal.set_wakeup_fd(-1)
-    for s, handler in saved.items():
-        signal.signal(s, handler)
 
 
 @pytest.fixture
