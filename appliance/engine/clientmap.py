@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Final
 
 from appliance.core.flowkey import shard_of
+from appliance.engine.model import Key
 
-Tuple4 = tuple[int, int, int, int]        # client ip, client port, target ip, target port
+Tuple4 = Key                               # client ip, client port, target ip, target port (model.Key)
 Origin = tuple[int, int, int, int, int]   # captured client ip, port, target ip, port, copy number
 
 LOW_PORT: Final = 1024

@@ -71,7 +71,8 @@ class SessionTable:
     def _client_copy(self, seg: TcpSegment, target_ip: int, target_port: int, now: float, t: float,
                      captured: TcpSegment) -> None:
         c = self.counters
-        key = arrival = (seg.src_ip, seg.src_port, target_ip, target_port)
+        key: Key = (seg.src_ip, seg.src_port, target_ip, target_port)
+        arrival = key
         if self._moved:
             moved = self._moved.get(key)
             if moved is not None:
