@@ -57,7 +57,7 @@ class VerdictSpec:
     latency_factor: float = 2.0
     latency_floor: float = 0.010
     max_sessions: int = 65536
-    max_pending: int = 64
+    max_pending: int = 2048   # a fast keep-alive connection (1,000 req/s) may see the target a second behind
 
     def __post_init__(self) -> None:
         if self.latency_factor < 1.0 or self.latency_floor < 0.0:
