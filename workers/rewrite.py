@@ -4,7 +4,8 @@ Runs in its own pinned child. Binds its segments queue (batches from the capture
 reader), subscribes to every interceptd for its shard's response headers (appliance/tcpcopyd/answers.py),
 takes answers first (they unblock sends), feeds the sans-io `SessionTable`, and sends what it
 emits with IP_HDRINCL so the target sees the real client address. Send errors are counted by
-errno; none stops the worker.
+errno; none stops the worker. In compare mode it also takes the online server's answers from its
+queue and the target's answer turns from interceptd, and pairs them (appliance/compare/tracker.py).
 """
 
 from __future__ import annotations
