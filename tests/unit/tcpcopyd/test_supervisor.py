@@ -103,6 +103,7 @@ class Factory:
         self.log: list[str] = []
         self.spawned: dict[str, int] = {}
         self.children: list[FakeChild] = []
+        self.first_spawn = threading.Event()     # the supervisor binds its sockets before it spawns
 
     def __call__(self, entry: str, spec_json: str, name: str) -> FakeChild:
         n = self.spawned.get(name, 0)
@@ -110,6 +111,7 @@ class Factory:
         role = name.rpartition("-")[0]
         child = FakeChild(name, self.bodies.get(name, self.bodies[role])(n), self.run_dir, self.log)
         self.children.append(child)
+        self.first_spawn.set()
         return child
 
 
@@ -128,17 +130,15 @@ def config(run_dir: str, **overrides: Any) -> OnlineConfig:
     return OnlineConfig(**fields)
 
 
-def operate(run_dir: str, steps: Callable[[Callable[[], dict[str, Any]]], None], results: dict[str, Any]) -> None:
+def operate(run_dir: str, ready: threading.Event, steps: Callable[[Callable[[], dict[str, Any]]], None],
+            results: dict[str, Any]) -> None:
     """Runs in a thread (the supervisor stays single-threaded in the main thread); always stops it."""
     def status() -> dict[str, Any]:
         reply = call(run_dir, "status", timeout=3.0)
         assert reply is not None and reply["status"] == "ok", reply
         return reply["data"]
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(os.path.join(run_dir, "ctl")):
-            assert time.monotonic() < deadline, "the supervisor never bound its control socket"
-            time.sleep(0.01)
+        assert ready.wait(10), "the supervisor never spawned a child"
         steps(status)
     except BaseException as exc:        # noqa: B036 - handed to the test's thread
         results["error"] = exc
@@ -147,18 +147,18 @@ def operate(run_dir: str, steps: Callable[[Callable[[], dict[str, Any]]], None],
 
 
 def until(status: Callable[[], dict[str, Any]], condition: Callable[[dict[str, Any]], bool], what: str) -> dict:
+    """Asks for status until `condition` holds: each request is a round trip the supervisor paces."""
     deadline = time.monotonic() + 10
     while True:
         doc = status()
         if condition(doc):
             return doc
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {doc['children']}"
-        time.sleep(0.02)
 
 
-def run_with_operator(sup: Supervisor, run_dir: str, steps: Callable[..., None]) -> int:
+def run_with_operator(sup: Supervisor, factory: Factory, run_dir: str, steps: Callable[..., None]) -> int:
     results: dict[str, Any] = {}
-    operator = threading.Thread(target=operate, args=(run_dir, steps, results), daemon=True)
+    operator = threading.Thread(target=operate, args=(run_dir, factory.first_spawn, steps, results), daemon=True)
     operator.start()
     code = sup.run()
     operator.join(10)
@@ -181,7 +181,7 @@ def test_children_start_report_in_status_and_stop_captures_first(run_dir, restor
                                                                            ("rewrite", 1)]
         assert doc["totals"]["rewrite"]["sessions_started"] == 6 and doc["funnel"]["captured"] == 10
 
-    assert run_with_operator(sup, run_dir, steps) == EXIT_OK
+    assert run_with_operator(sup, factory, run_dir, steps) == EXIT_OK
     stops = [line for line in factory.log if line.startswith("terminate")]
     assert stops == ["terminate capture-0", "terminate rewrite-0", "terminate rewrite-1"]
     assert all(not c.is_alive() for c in factory.children)
@@ -190,15 +190,16 @@ def test_children_start_report_in_status_and_stop_captures_first(run_dir, restor
 
 @pytest.mark.hang_limit(30)
 def test_a_child_that_crashes_is_started_again_and_its_counters_add_up(run_dir, restored_signals):
+    seen_running = threading.Event()
+
     def capture(n: int) -> Callable[..., int]:
         if n > 0:
             return healthy({"captured": 7})
 
         def crash_after_running(child: FakeChild, pub: zmq.Socket) -> int:
             child.counters = {"captured": 5}
-            for _ in range(int(0.5 / BEAT)):        # up for longer than startsecs: a crash, not a failed boot
+            while not seen_running.wait(BEAT):      # status showed it running: a crash, not a failed boot
                 child.beat(pub)
-                time.sleep(BEAT)
             return 1
         return crash_after_running
 
@@ -206,12 +207,16 @@ def test_a_child_that_crashes_is_started_again_and_its_counters_add_up(run_dir, 
     sup = Supervisor(config(run_dir, workers=1), LivePolicy(), spawn=factory)
 
     def steps(status: Callable[[], dict[str, Any]]) -> None:
+        until(status, lambda d: any(c["role"] == "capture" and c["state"] == "running"
+                                    and c["counters"].get("captured") == 5 for c in d["children"]),
+              "the first capture running and heard")
+        seen_running.set()
         doc = until(status, lambda d: any(c["role"] == "capture" and c["restarts"] == 1 and c["state"] == "running"
                                           and c["counters"].get("captured") == 12 for c in d["children"]),
                     "the capture restarted, both incarnations counted")
         assert doc["totals"]["capture"]["captured"] == 12
 
-    assert run_with_operator(sup, run_dir, steps) == EXIT_OK
+    assert run_with_operator(sup, factory, run_dir, steps) == EXIT_OK
     assert factory.spawned["capture-0"] == 2 and factory.spawned["rewrite-0"] == 1
 
 
