@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from appliance.lab.netns import ADDR, Lab
+from appliance.lab.netns import ADDR, Lab, terminate
+from appliance.lab.tools import cpu_seconds
 
 BINARIES = ("tcpcopy", "tcpcopy-offline", "intercept")
 INTERCEPT_PORT = 36524
@@ -132,28 +131,14 @@ class Original:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) of each running process, by name."""
-        out = {}
-        for name, pid in self.pids().items():
-            try:
-                t = psutil.Process(pid).cpu_times()
-                out[name] = t.user + t.system
-            except psutil.Error:
-                pass
-        return out
+        return cpu_seconds(self.pids())
 
     def stop(self, name: str) -> int | None:
         """SIGINT by PID (the original writes its final counters), KILL after STOP_TIMEOUT."""
         proc = self.procs.pop(name, None)
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        return proc.returncode
+        return terminate(proc, STOP_TIMEOUT, signal.SIGINT)
 
     def stop_all(self) -> dict[str, int]:
         """tcpcopy first (its counters), then intercept; tcpcopy's final counters."""

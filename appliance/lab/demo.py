@@ -13,10 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from appliance.lab.netns import ADDR, Lab
 from appliance.lab.rig import SERVICE_PORT, ReplicationRig
+from appliance.lab.tools import cpu_seconds
 from appliance.tcpcopyctl.cli import compare_line, format_status
 
 
@@ -31,17 +30,6 @@ def _pids(rig: ReplicationRig) -> dict[str, int]:
     return pids
 
 
-def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, pid in pids.items():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system
-        except psutil.Error:
-            pass
-    return out
-
-
 def run_demo(prefix: str = "tcl", duration: float = 20.0, offloads: bool = True) -> int:
     lab = Lab(prefix)
     work = Path(tempfile.mkdtemp(prefix="tcpcopy-demo-"))
@@ -54,7 +42,7 @@ def run_demo(prefix: str = "tcl", duration: float = 20.0, offloads: bool = True)
         lab.up(offloads=offloads)
         rig.start()
         pids = _pids(rig)
-        cpu0, t0 = _cpu(pids), time.monotonic()
+        cpu0, t0 = cpu_seconds(pids), time.monotonic()
         server = f"{ADDR['online']}:{SERVICE_PORT}"
         load = [sys.executable, "-m", "appliance.lab.load", "--server", server]
         paced = lab.popen("client", load + ["paced", "--rate", "1000", "--duration", str(duration)],
@@ -75,7 +63,7 @@ def run_demo(prefix: str = "tcl", duration: float = 20.0, offloads: bool = True)
             time.sleep(1.0)
         out, _ = paced.communicate(timeout=60)
         load_ended = time.time()
-        cpu1, t1 = _cpu(pids), time.monotonic()
+        cpu1, t1 = cpu_seconds(pids), time.monotonic()
         verdict = rig.verdict({"paced": out.strip()}, load_ended)
         final = verdict.status
         c = verdict.comparison

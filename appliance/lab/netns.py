@@ -315,11 +315,11 @@ class Lab:
         _run(["ip", "netns", "exec", ns, "ethtool", "-K", iface, *features])
 
 
-def terminate(proc: subprocess.Popen[Any], timeout: float) -> int | None:
-    """SIGTERM to a process this lab started, SIGKILL if it is not gone after `timeout`; its exit
-    code. Idempotent."""
+def terminate(proc: subprocess.Popen[Any], timeout: float, sig: int = signal.SIGTERM) -> int | None:
+    """`sig` (SIGTERM) to a process this lab started, SIGKILL if it is not gone after `timeout`; its
+    exit code. Idempotent."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

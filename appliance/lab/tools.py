@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from appliance.lab.netns import Lab
 
 TOOL_GRACE = 30.0                      # beyond the load's own duration
@@ -264,3 +266,15 @@ def capturing(lab: Lab, host: str, path: Path, bpf: str = "tcp port 8080") -> It
         dump.stop()
     finally:
         dump.kill()
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) of each process still running, by the caller's name for it."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
