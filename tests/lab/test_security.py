@@ -102,7 +102,7 @@ SPOOFER = (
     "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
     "src, dst = socket.inet_aton(sys.argv[1]), socket.inet_aton('198.18.0.2')\n"
     "data = b'GET /injected HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'\n"
-    "for n, sport in enumerate(range(41000, 41010)):\n"
+    "for n, sport in enumerate(range(61000, 61010)):\n"
     "    tcp = struct.pack('!HHIIBBHHH', sport, 8080, 5000, 7000, 5 << 4, 0x18, 512, 0, 0) + data\n"
     "    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), n, 0, 64, 6, 0, src, dst)\n"
     "    s.sendto(ip + tcp, ('198.18.0.2', 0))\n")
@@ -110,7 +110,10 @@ SPOOFER = (
 
 def test_spoofed_mid_stream_segments_are_not_replayed(lab, tmp_path):
     """Issue 14: one data segment without a SYN, from any address, used to make tcpcopyd forge a
-    handshake with the target and deliver its payload. Now the online host's socket table decides."""
+    handshake with the target and deliver its payload. Now the online host's socket table decides.
+    The spoofed ports 61000-61009 lie above the client's ephemeral range (32768-60999): an earlier
+    test's connection still in TIME_WAIT on the online host (which the table rightly holds: a late
+    capture of a just-closed connection) cannot share their 4-tuple."""
     rig = ReplicationRig(lab, tmp_path / "rig")
     try:
         rig.start()
@@ -124,7 +127,7 @@ def test_spoofed_mid_stream_segments_are_not_replayed(lab, tmp_path):
         v = rig.verdict(load, time.time())
         assert v.comparison.identical == v.comparison.sessions_online == 22, v.comparison.summary()
         injected = [peer for peer in load_records(rig.target_rec) if peer.endswith(tuple(
-            f":{p}" for p in range(41000, 41010)))]
+            f":{p}" for p in range(61000, 61010)))]
         assert not injected, f"the target received the spoofed segments: {injected}"
         rig.wait_for_log("tcpcopyd", "were not replayed: this host's socket table does not hold")
     finally:
