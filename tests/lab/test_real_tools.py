@@ -242,16 +242,21 @@ def test_live_ab_short_connections_with_client_ports_coming_back(rig: Replicatio
 # ab's concurrency for the overload: 50 connections at a time from one address are more short
 # connections per second than tcpcopyd replays on these 2 shared cores (issue 13: 1.4 % replicated,
 # the rest lost in handshakes that came too late); with shedding, the sessions it starts complete.
-OVERLOAD_AB_CONCURRENCY = 50
-OVERLOAD_AB_SECONDS = 10
+OVERLOAD_AB_CONCURRENCY = 20
+OVERLOAD_AB_SECONDS = 5
 
 
 def test_an_overload_sheds_new_sessions_and_completes_the_ones_it_started(rig: ReplicationRig) -> None:
-    """ab -c50 for 10 s: the workers fall behind their capture, shed new sessions at their SYN
-    (counted), and >= 99.9 % of the requests of the sessions they did not shed reach the target."""
+    """ab -c20 for 5 s: the workers fall behind their capture, shed new sessions at their SYN
+    (counted), and >= 99.9 % of the requests of the sessions they did not shed reach the target.
+    One worker and a 0.1 s bound: since the hot path is compiled, two workers keep up with this load
+    on our 2 cores (CI5: 59,014 of 59,014, nothing shed), so the overload is made, not hoped for."""
+    rig.tcpcopyd_args = (*rig.tcpcopyd_args, "--workers", "1", "--shed-lag", "0.1")
     rig.start(services=False)
     kernel_before = kernel_counters(rig.lab, "target")
-    load = ab(rig.lab, "client", URL, concurrency=OVERLOAD_AB_CONCURRENCY, seconds=OVERLOAD_AB_SECONDS)
+    # every client port once (1024-65535 > 5 s of connections): port reuse is the other tests' subject
+    with port_range(rig.lab, "client", 1024, 65535):
+        load = ab(rig.lab, "client", URL, concurrency=OVERLOAD_AB_CONCURRENCY, seconds=OVERLOAD_AB_SECONDS)
     settled = _settled_figures(rig, time.monotonic(), LIVE_SETTLE_LIMIT)
     counters = _rewrite_totals(rig)
     online, target = rig.nginx["online"].log.summary(), rig.nginx["target"].log.summary()
@@ -262,5 +267,7 @@ def test_an_overload_sheds_new_sessions_and_completes_the_ones_it_started(rig: R
                   f"ab: {load.complete:,} complete, {load.failed} failed in {load.duration_s:.2f} s "
                   f"({load.rate:,.0f}/s); {shed:,} sessions shed")
     assert shed > 0, "the load was expected to overload tcpcopyd (nothing was shed)"
-    kept = online.ok - shed                       # one request per ab connection
+    # the sessions not shed are the ones started (one request per ab connection); online minus shed
+    # would miss that a SYN the client sent again is shed again
+    kept = counters["sessions_started"]
     assert target.ok >= 0.999 * kept, f"{target.ok:,} of the {kept:,} requests not shed ({share:.2f} % of all)"
